@@ -1,0 +1,264 @@
+"""The `seq2seq` command. Thin: it parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+from seq2seq.errors import DataError, Seq2SeqError
+
+EXAMPLES = {
+    "prepare": "seq2seq prepare --train-src data/tatoeba-en-fr/train.en.gz "
+               "--train-tgt data/tatoeba-en-fr/train.fr.gz --valid-src data/tatoeba-en-fr/valid.en "
+               "--valid-tgt data/tatoeba-en-fr/valid.fr --out work/data --src-vocab 20000",
+    "train": "seq2seq train configs/tatoeba-cpu.yaml --data work/data --out runs/tatoeba "
+             "optim.max_steps=2000",
+    "translate": "echo 'How are you?' | seq2seq translate --model runs/tatoeba/best.pt --beam 12",
+    "score": "seq2seq score --model runs/tatoeba/best.pt --src test.en --tgt test.fr",
+    "evaluate": "seq2seq evaluate --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
+                "--ref data/tatoeba-en-fr/test.fr --beam 12 --json",
+}
+INPUT_CHUNK = 2000  # lines translated at a time, so memory does not grow with the input
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.verb == "train":
+        # key=value overrides may stand anywhere, also after the options.
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.run(args) or 0
+    except Seq2SeqError as err:
+        print(f"seq2seq {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seq2seq",
+        description="Deep-LSTM sequence-to-sequence learning (Sutskever et al., 2014).")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help: str, run) -> argparse.ArgumentParser:
+        p = verbs.add_parser(name, help=help, description=help,
+                             epilog=f"example:\n  {EXAMPLES[name]}",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(run=run)
+        return p
+
+    p = verb("prepare", "Tokenize, build vocabularies and binarize a parallel corpus.",
+             cmd_prepare)
+    for name in ("train-src", "train-tgt", "valid-src", "valid-tgt"):
+        p.add_argument(f"--{name}", required=True, metavar="FILE",
+                       help="raw text, one sentence per line (.gz/.xz read as compressed)")
+    p.add_argument("--out", required=True, metavar="DIR", help="data directory to create")
+    p.add_argument("--src-vocab", type=int, default=160_000, metavar="N",
+                   help="source words kept (default 160000, the paper's)")
+    p.add_argument("--tgt-vocab", type=int, default=80_000, metavar="N",
+                   help="target words kept (default 80000, the paper's)")
+    p.add_argument("--tokenizer", choices=("moses", "space", "sentencepiece"), default="moses")
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--max-len", type=int, default=50, metavar="N",
+                   help="drop training pairs with a side longer than N tokens (default 50)")
+    p.add_argument("--src-lang", help="Moses language of the source (default: file suffix)")
+    p.add_argument("--tgt-lang", help="Moses language of the target (default: file suffix)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="tokenizer processes (default 1)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    p = verb("train", "Train a model (resumes if the run directory has a checkpoint).", cmd_train)
+    p.add_argument("config", metavar="CONFIG.yaml")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. optim.lr=0.5")
+    p.add_argument("--data", metavar="DIR", help="data directory made by `seq2seq prepare`")
+    p.add_argument("--out", metavar="DIR", help="run directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model, print its parameter counts and exit")
+
+    p = verb("translate", "Translate raw text (stdin or --input) to raw text.", cmd_translate)
+    _model_args(p)
+    p.add_argument("--input", metavar="FILE", help="default: stdin")
+    p.add_argument("--output", metavar="FILE", help="default: stdout")
+    p.add_argument("--nbest", type=int, default=1, metavar="N",
+                   help="with N > 1, print Moses n-best lines: index ||| text ||| score")
+
+    p = verb("score", "Print log p(T|S) of each sentence pair.", cmd_score)
+    _model_args(p, decoding=False)
+    p.add_argument("--src", required=True, metavar="FILE")
+    p.add_argument("--tgt", required=True, metavar="FILE")
+
+    p = verb("evaluate", "Translate a test set; print BLEU, chrF, tokenized BLEU, perplexity.",
+             cmd_evaluate)
+    _model_args(p)
+    p.add_argument("--src", required=True, metavar="FILE")
+    p.add_argument("--ref", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--hyps", metavar="FILE", help="also write the translations here")
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser, decoding: bool = True) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="CKPT",
+                   help="checkpoint; repeat for an ensemble")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    if decoding:
+        p.add_argument("--beam", type=int, default=12, metavar="K",
+                       help="beam size (default 12, the paper's); 1 = greedy")
+        p.add_argument("--max-len-a", type=float, default=2.0, metavar="A",
+                       help="max output length A * source length + B (default A=2)")
+        p.add_argument("--max-len-b", type=int, default=10, metavar="B", help="(default B=10)")
+
+
+# ---------------------------------------------------------------------------- verbs
+
+
+def cmd_prepare(args) -> None:
+    from seq2seq.data import prepare
+
+    _check_positive(args, "src_vocab", "tgt_vocab", "max_len", "workers")
+    prepare(
+        args.train_src, args.train_tgt, args.valid_src, args.valid_tgt, args.out,
+        src_vocab=args.src_vocab, tgt_vocab=args.tgt_vocab, tokenizer=args.tokenizer,
+        lowercase=args.lowercase, max_len=args.max_len, src_lang=args.src_lang,
+        tgt_lang=args.tgt_lang, workers=args.workers, force=args.force,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+
+
+def cmd_train(args) -> None:
+    from seq2seq.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run(cfg, args.data)
+    if not args.data or not args.out:
+        raise Seq2SeqError("train needs --data DIR and --out DIR (or --dry-run)")
+    from seq2seq.train import train
+
+    result = train(cfg, args.data, args.out)
+    print(json.dumps(result))
+
+
+def _dry_run(cfg, data: str | None) -> None:
+    from seq2seq.data import DataDir
+    from seq2seq.model import Seq2Seq, count_parameters
+
+    if data:
+        d = DataDir(data)
+        sizes = len(d.src_vocab), len(d.tgt_vocab)
+    else:
+        sizes = cfg.model.src_vocab, cfg.model.tgt_vocab
+    counts = count_parameters(Seq2Seq(*sizes, cfg.model))
+    m = cfg.model
+    print(f"model: {m.num_layers} layers x {m.hidden_size} cells, embeddings {m.embed_dim}, "
+          f"vocab {sizes[0]:,} src / {sizes[1]:,} tgt, reverse_source={m.reverse_source}")
+    for name, n in counts.items():
+        print(f"  {name:<13} {n:>13,}  ({n / 1e6:.1f}M)")
+    recurrent = counts["encoder_lstm"] + counts["decoder_lstm"]
+    print(f"  {'recurrent':<13} {recurrent:>13,}  ({recurrent / 1e6:.1f}M)")
+
+
+def cmd_translate(args) -> None:
+    translator = _load(args)
+    if not 1 <= args.nbest <= args.beam:
+        raise Seq2SeqError(f"--nbest must be between 1 and --beam ({args.beam})")
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        lines = _input_lines(args.input)
+        offset = 0
+        while chunk := list(islice(lines, INPUT_CHUNK)):
+            results = translator.translate(
+                chunk, beam=args.beam, nbest=args.nbest, batch_size=args.batch_size,
+                max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+            for i, r in enumerate(results, start=offset):
+                if args.nbest == 1:
+                    out.write(r.text + "\n")
+                else:
+                    out.writelines(f"{i} ||| {text} ||| {score:.4f}\n" for text, score in r.nbest)
+            out.flush()
+            offset += len(chunk)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def cmd_score(args) -> None:
+    from seq2seq.text import read_pairs
+
+    translator = _load(args)
+    pairs = read_pairs(args.src, args.tgt)
+    while chunk := list(islice(pairs, INPUT_CHUNK)):
+        sources, targets = zip(*chunk)
+        for s in translator.score(sources, targets, batch_size=args.batch_size):
+            print(f"{s:.4f}")
+
+
+def cmd_evaluate(args) -> None:
+    from seq2seq.evaluate import evaluate
+    from seq2seq.text import read_pairs
+
+    translator = _load(args)
+    pairs = list(read_pairs(args.src, args.ref))
+    if not pairs:
+        raise DataError(f"{args.src}: empty test set")
+    sources, refs = zip(*pairs)
+    metrics, hyps = evaluate(translator, sources, refs, beam=args.beam,
+                             batch_size=args.batch_size, max_len_a=args.max_len_a,
+                             max_len_b=args.max_len_b)
+    metrics["models"] = args.model
+    if args.hyps:
+        Path(args.hyps).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(f"BLEU {metrics['bleu']:.2f} | chrF {metrics['chrf']:.2f} | tokenized BLEU "
+          f"{metrics['tok_bleu']:.2f} | perplexity {metrics['ppl']:.2f} | "
+          f"{metrics['sentences']} sentences, beam {metrics['beam']}, "
+          f"{metrics['sentences_per_second']} sent/s")
+    print(metrics["bleu_signature"])
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _load(args):
+    from seq2seq.translator import Translator
+
+    _check_positive(args, "batch_size", "beam")
+    return Translator.load(args.model, device=args.device)
+
+
+def _check_positive(args, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise Seq2SeqError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _input_lines(path: str | None) -> Iterator[str]:
+    from seq2seq.text import read_lines
+
+    if path:
+        yield from read_lines(path)
+        return
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataError(f"<stdin> line {number}: invalid UTF-8 (byte "
+                            f"0x{raw[err.start]:02x} at column {err.start + 1})") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""From raw parallel text to batches: prepare, the memory-mapped corpus, bucketing, reversal.
+
+A data directory made by `prepare` holds::
+
+    meta.json                    tokenizer settings, max_len, counts
+    vocab.src  vocab.tgt         one token per line, ids 0-3 are the specials
+    {split}.{side}.ids           int32 token ids of all sentences, back to back
+    {split}.{side}.offsets       int64, n + 1 offsets: sentence i is ids[off[i]:off[i+1]]
+
+`prepare` streams: it holds one chunk of lines and the word counts at a time, never the
+corpus, so its memory depends on the vocabulary, not on the number of lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seq2seq.errors import DataError
+from seq2seq.text import Tokenizer, read_lines, read_pairs, train_sentencepiece
+from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
+
+FORMAT_VERSION = 1
+CHUNK_LINES = 4096
+SIDES = ("src", "tgt")
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+@dataclass
+class PrepareStats:
+    pairs: int = 0
+    kept: int = 0
+    too_long: int = 0
+    empty: int = 0
+
+    def add(self, other: PrepareStats) -> None:
+        for name in ("pairs", "kept", "too_long", "empty"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+_worker_tokenizers: tuple[Tokenizer, Tokenizer] | None = None
+
+
+def _init_worker(settings: tuple[dict, dict]) -> None:
+    global _worker_tokenizers
+    _worker_tokenizers = (Tokenizer.from_dict(settings[0]), Tokenizer.from_dict(settings[1]))
+
+
+def _tokenize_chunk(
+    args: tuple[list[tuple[str, str]], int],
+) -> tuple[list[tuple[list[str], list[str]]], PrepareStats]:
+    """Tokenize a chunk of pairs; drop pairs with an empty side or a side over max_len."""
+    pairs, max_len = args
+    src_tok, tgt_tok = _worker_tokenizers
+    kept, stats = [], PrepareStats(pairs=len(pairs))
+    for src, tgt in pairs:
+        s, t = src_tok.tokenize(src), tgt_tok.tokenize(tgt)
+        if not s or not t:
+            stats.empty += 1
+        elif len(s) > max_len or len(t) > max_len:
+            stats.too_long += 1
+        else:
+            kept.append((s, t))
+    stats.kept = len(kept)
+    return kept, stats
+
+
+def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    while chunk := list(islice(pairs, size)):
+        yield chunk
+
+
+def _tokenized_chunks(
+    src_path: Path, tgt_path: Path, tokenizers: tuple[Tokenizer, Tokenizer], max_len: int,
+    workers: int,
+) -> Iterator[tuple[list[tuple[list[str], list[str]]], PrepareStats]]:
+    """Tokenized, filtered chunks of a parallel corpus, in order; `workers` processes."""
+    settings = (tokenizers[0].to_dict(), tokenizers[1].to_dict())
+    jobs = ((chunk, max_len) for chunk in _chunks(read_pairs(src_path, tgt_path), CHUNK_LINES))
+    if workers <= 1:
+        _init_worker(settings)
+        yield from map(_tokenize_chunk, jobs)
+        return
+    with get_context("spawn").Pool(workers, _init_worker, (settings,)) as pool:
+        # imap keeps the order and, with a bounded input generator, bounded memory.
+        yield from pool.imap(_tokenize_chunk, jobs, chunksize=1)
+
+
+class _IdWriter:
+    """Appends sentences of token ids to `{prefix}.ids` and their offsets to `.offsets`."""
+
+    def __init__(self, prefix: Path):
+        self.ids = open(f"{prefix}.ids", "wb")
+        self.offsets = open(f"{prefix}.offsets", "wb")
+        self.total = 0
+        np.zeros(1, dtype=np.int64).tofile(self.offsets)
+
+    def write(self, sentences: list[list[int]]) -> None:
+        lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
+        flat = np.fromiter((i for s in sentences for i in s), dtype=np.int32,
+                           count=int(lengths.sum()))
+        flat.tofile(self.ids)
+        (self.total + np.cumsum(lengths)).tofile(self.offsets)
+        self.total += int(lengths.sum())
+
+    def close(self) -> None:
+        for f in (self.ids, self.offsets):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+
+
+def prepare(
+    train_src: str | Path, train_tgt: str | Path, valid_src: str | Path, valid_tgt: str | Path,
+    out: str | Path, *, src_vocab: int = 160_000, tgt_vocab: int = 80_000,
+    tokenizer: str = "moses", lowercase: bool = False, max_len: int = 50,
+    src_lang: str | None = None, tgt_lang: str | None = None, workers: int = 1,
+    force: bool = False, log=print,
+) -> dict[str, Any]:
+    """Tokenize, build vocabularies and binarize a parallel corpus into the directory `out`.
+
+    The directory appears only when everything succeeded (it is built under a temporary
+    name and renamed); an existing `out` is replaced only with `force`.
+    Returns the summary that is also saved in `out/meta.json`.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise DataError(f"{out} already exists (use --force to replace it)")
+    start = time.perf_counter()
+    src_lang = src_lang or _lang_of(train_src)
+    tgt_lang = tgt_lang or _lang_of(train_tgt)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tokenizers = _make_tokenizers(
+            tokenizer, lowercase, (src_lang, tgt_lang), (train_src, train_tgt),
+            (src_vocab, tgt_vocab),
+        )
+        train_stats, vocabs = _prepare_train(
+            Path(train_src), Path(train_tgt), tmp, tokenizers, (src_vocab, tgt_vocab),
+            max_len, workers,
+        )
+        valid_stats = _binarize(
+            Path(valid_src), Path(valid_tgt), tmp / "valid", tokenizers, vocabs, max_len, workers
+        )
+        if valid_stats.kept == 0:
+            raise DataError(f"{valid_src}: no validation pairs left (empty, or all too long)")
+        meta = {
+            "format": "seq2seq-data", "version": FORMAT_VERSION, "max_len": max_len,
+            "tokenizer": {"src": tokenizers[0].to_dict(), "tgt": tokenizers[1].to_dict()},
+            "vocab_size": {"src": len(vocabs[0]), "tgt": len(vocabs[1])},
+            "train": vars(train_stats), "valid": vars(valid_stats),
+            "sources": {"train": [str(train_src), str(train_tgt)],
+                        "valid": [str(valid_src), str(valid_tgt)]},
+        }
+        for side, tok in zip(SIDES, tokenizers):
+            if tok.sp_model is not None:
+                (tmp / f"spm.{side}.model").write_bytes(tok.sp_model)
+                meta["tokenizer"][side]["sp_model"] = f"spm.{side}.model"
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.perf_counter() - start
+    log(
+        f"prepared {out}: train {train_stats.kept:,} of {train_stats.pairs:,} pairs kept "
+        f"({train_stats.too_long:,} longer than {max_len} tokens, {train_stats.empty:,} with an "
+        f"empty side dropped); valid {valid_stats.kept:,} of {valid_stats.pairs:,}; vocab "
+        f"{len(vocabs[0]):,} src / {len(vocabs[1]):,} tgt; {elapsed:.1f}s "
+        f"({train_stats.pairs / max(elapsed, 1e-9):,.0f} pairs/s)"
+    )
+    return meta
+
+
+def _lang_of(path: str | Path) -> str:
+    """The language code of `train.en` or `train.en.gz` (its last real suffix), else 'en'."""
+    suffixes = [s for s in Path(path).suffixes if s not in (".gz", ".xz")]
+    code = suffixes[-1][1:] if suffixes else ""
+    return code if 2 <= len(code) <= 3 and code.isalpha() else "en"
+
+
+def _make_tokenizers(kind, lowercase, langs, train_files, sizes) -> tuple[Tokenizer, Tokenizer]:
+    if kind != "sentencepiece":
+        return Tokenizer(kind, langs[0], lowercase), Tokenizer(kind, langs[1], lowercase)
+    models = [train_sentencepiece(read_lines(f), size, lowercase)
+              for f, size in zip(train_files, sizes)]
+    return tuple(Tokenizer(kind, lang, lowercase, m) for lang, m in zip(langs, models))
+
+
+def _prepare_train(src, tgt, tmp, tokenizers, sizes, max_len, workers):
+    """Pass 1: tokenize, count and spool tokens; pass 2: binarize with the vocabularies."""
+    counts = (Counter(), Counter())
+    stats = PrepareStats()
+    spool_path = tmp / "train.tok"
+    with open(spool_path, "w", encoding="utf-8") as spool:
+        for kept, chunk_stats in _tokenized_chunks(src, tgt, tokenizers, max_len, workers):
+            stats.add(chunk_stats)
+            for s, t in kept:
+                counts[0].update(s)
+                counts[1].update(t)
+                spool.write(" ".join(s) + "\t" + " ".join(t) + "\n")
+    if stats.pairs == 0:
+        raise DataError(f"{src}: empty corpus (no lines)")
+    if stats.kept == 0:
+        raise DataError(
+            f"{src}: no training pairs left after dropping {stats.too_long} pairs longer "
+            f"than {max_len} tokens and {stats.empty} with an empty side"
+        )
+    vocabs = tuple(Vocabulary.build(c, n) for c, n in zip(counts, sizes))
+    for side, vocab in zip(SIDES, vocabs):
+        vocab.save(tmp / f"vocab.{side}")
+    writers = [_IdWriter(tmp / f"train.{side}") for side in SIDES]
+    with open(spool_path, encoding="utf-8") as spool:
+        while lines := list(islice(spool, CHUNK_LINES)):
+            pairs = [line.rstrip("\n").split("\t") for line in lines]
+            for w, vocab, column in zip(writers, vocabs, zip(*pairs)):
+                w.write([vocab.encode(text.split(" ")) for text in column])
+    for w in writers:
+        w.close()
+    spool_path.unlink()
+    return stats, vocabs
+
+
+def _binarize(src, tgt, prefix, tokenizers, vocabs, max_len, workers) -> PrepareStats:
+    stats = PrepareStats()
+    writers = [_IdWriter(Path(f"{prefix}.{side}")) for side in SIDES]
+    for kept, chunk_stats in _tokenized_chunks(src, tgt, tokenizers, max_len, workers):
+        stats.add(chunk_stats)
+        for w, vocab, column in zip(writers, vocabs, zip(*kept) if kept else ((), ())):
+            w.write([vocab.encode(tokens) for tokens in column])
+    for w in writers:
+        w.close()
+    return stats
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class TokenArray:
+    """Sentences of token ids read by memory map: `arr[i]` is an int32 array."""
+
+    def __init__(self, prefix: Path):
+        try:
+            self.offsets = np.fromfile(f"{prefix}.offsets", dtype=np.int64)
+            size = os.path.getsize(f"{prefix}.ids")
+        except OSError as err:
+            raise DataError(f"{prefix}: cannot read binarized data: {err}") from None
+        if len(self.offsets) < 1 or self.offsets[-1] * 4 != size:
+            raise DataError(f"{prefix}.ids: size does not match its offsets (truncated?)")
+        self.ids = np.memmap(f"{prefix}.ids", dtype=np.int32, mode="r") if size else np.zeros(
+            0, np.int32)
+        self.lengths = np.diff(self.offsets).astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+class DataDir:
+    """A directory written by `prepare`: vocabularies, tokenizers and splits."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: not a data directory (no meta.json; run "
+                            "`seq2seq prepare` first)") from None
+        except (OSError, ValueError) as err:
+            raise DataError(f"{meta_path}: unreadable: {err}") from None
+        if self.meta.get("format") != "seq2seq-data":
+            raise DataError(f"{meta_path}: not a seq2seq data directory")
+        self.src_vocab = Vocabulary.load(self.path / "vocab.src")
+        self.tgt_vocab = Vocabulary.load(self.path / "vocab.tgt")
+        self.max_len: int = self.meta["max_len"]
+
+    def tokenizer(self, side: str) -> Tokenizer:
+        settings = dict(self.meta["tokenizer"][side])
+        if settings.get("sp_model"):
+            settings["sp_model"] = (self.path / settings["sp_model"]).read_bytes()
+        return Tokenizer.from_dict(settings)
+
+    def split(self, name: str) -> ParallelCorpus:
+        return ParallelCorpus(self.path / f"{name}.src", self.path / f"{name}.tgt")
+
+
+class ParallelCorpus:
+    """Aligned source and target TokenArrays of one split."""
+
+    def __init__(self, src_prefix: Path, tgt_prefix: Path):
+        self.src, self.tgt = TokenArray(src_prefix), TokenArray(tgt_prefix)
+        if len(self.src) != len(self.tgt):
+            raise DataError(f"{src_prefix}: source and target sentence counts differ")
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def make_batches(
+    src_lens: np.ndarray, tgt_lens: np.ndarray, *, batch_size: int, max_tokens: int | None,
+    pool_batches: int, seed: int, epoch: int,
+) -> list[np.ndarray]:
+    """One epoch of batches (arrays of sentence indices) of sentences of similar length.
+
+    The corpus is shuffled, cut into pools of `pool_batches` batches, each pool is sorted by
+    (source length, target length) and cut into batches of `batch_size` sentences or, with
+    `max_tokens`, of at most that many padded source + target tokens. The batch order is
+    then shuffled. Depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    n = len(src_lens)
+    order = rng.permutation(n)
+    if max_tokens:
+        mean_len = float(src_lens.mean() + tgt_lens.mean()) + 1
+        pool = max(1, int(pool_batches * max_tokens / mean_len))
+    else:
+        pool = pool_batches * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, n, pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.lexsort((tgt_lens[chunk], src_lens[chunk]))]
+        if max_tokens:
+            batches.extend(_cut_by_tokens(chunk, src_lens, tgt_lens, max_tokens))
+        else:
+            batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def _cut_by_tokens(chunk, src_lens, tgt_lens, max_tokens) -> Iterator[np.ndarray]:
+    begin, max_src, max_tgt = 0, 0, 0
+    for i, idx in enumerate(chunk):
+        s, t = max(max_src, src_lens[idx]), max(max_tgt, tgt_lens[idx] + 1)
+        if i > begin and (i - begin + 1) * (s + t) > max_tokens:
+            yield chunk[begin:i]
+            begin, s, t = i, src_lens[idx], tgt_lens[idx] + 1
+        max_src, max_tgt = s, t
+    if begin < len(chunk):
+        yield chunk[begin:]
+
+
+@dataclass
+class Batch:
+    """Padded tensors of one batch.
+
+    src:      (batch, src_len)  source ids, reversed if the model reverses, then padded
+    src_lens: (batch,)          true source lengths
+    tgt_in:   (batch, tgt_len)  <s> y1 .. yn, padded
+    tgt_out:  (batch, tgt_len)  y1 .. yn </s>, padded
+    """
+
+    src: torch.Tensor
+    src_lens: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return self.src.shape[0]
+
+    def num_tokens(self) -> tuple[int, int]:
+        """(source tokens, target tokens including </s>), padding excluded."""
+        return int(self.src_lens.sum()), int((self.tgt_out != PAD_ID).sum())
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in vars(self).values()))
+
+    def pin_memory(self) -> Batch:
+        return Batch(*(t.pin_memory() for t in vars(self).values()))
+
+
+def source_batch(
+    sentences: Iterable[Iterable[int]], reverse_source: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad source sentences into (batch, src_len) ids and (batch,) lengths.
+
+    This is the one place the source is reversed ("a b c" -> "c b a"), for training and
+    translation alike; padding always goes at the end.
+    """
+    sentences = [list(s)[::-1] if reverse_source else list(s) for s in sentences]
+    # An empty source is read as one <pad> step, so that it still has a final state.
+    lens = torch.tensor([max(1, len(s)) for s in sentences], dtype=torch.long)
+    src = torch.full((len(sentences), int(lens.max())), PAD_ID, dtype=torch.long)
+    for row, s in enumerate(sentences):
+        src[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return src, lens
+
+
+def target_batch(sentences: Iterable[Iterable[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forcing input (<s> y) and output (y </s>), both (batch, max_len + 1)."""
+    sentences = [list(s) for s in sentences]
+    width = max(len(s) for s in sentences) + 1
+    tgt_in = torch.full((len(sentences), width), PAD_ID, dtype=torch.long)
+    tgt_out = torch.full((len(sentences), width), PAD_ID, dtype=torch.long)
+    for row, s in enumerate(sentences):
+        ids = torch.tensor(s, dtype=torch.long)
+        tgt_in[row, 0] = BOS_ID
+        tgt_in[row, 1:len(s) + 1] = ids
+        tgt_out[row, :len(s)] = ids
+        tgt_out[row, len(s)] = EOS_ID
+    return tgt_in, tgt_out
+
+
+def collate(corpus: ParallelCorpus, indices: np.ndarray, reverse_source: bool) -> Batch:
+    """The Batch of sentences `indices` of `corpus`."""
+    src, src_lens = source_batch((corpus.src[i] for i in indices), reverse_source)
+    tgt_in, tgt_out = target_batch(corpus.tgt[i] for i in indices)
+    return Batch(src, src_lens, tgt_in, tgt_out)

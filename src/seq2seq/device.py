@@ -1,0 +1,63 @@
+"""Where the model runs and in what precision: the one place that decides it.
+
+- `resolve_device("auto")` is CUDA when available, else the CPU.
+- `autocast(device, precision)`: bf16 or fp16 autocast on CUDA, bf16 on the CPU (oneDNN's
+  AVX-512 BF16 kernels); fp32 is a no-op. Parameters and optimizer state stay float32.
+- `dist_backend(device)`: NCCL for CUDA, gloo for the CPU.
+- cuDNN's fused LSTM kernels are used by `nn.LSTM` on CUDA automatically; `configure`
+  turns on cuDNN's autotuner and TF32 matmuls, which suit fixed-shape LSTM batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from seq2seq.errors import ConfigError
+
+
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The torch.device for `name` (auto|cpu|cuda); under torchrun, the rank's own GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda was asked for, but no CUDA GPU is available")
+        if local_rank is None:
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def configure(device: torch.device, threads: int | None = None) -> None:
+    """Per-process backend settings for `device`."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif threads:
+        torch.set_num_threads(threads)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for `precision` (fp32|bf16|fp16) on `device`."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling, needed only for fp16 (bf16 has float32's range)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def dist_backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"

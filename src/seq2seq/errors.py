@@ -1,0 +1,24 @@
+"""The errors a user can cause. The CLI prints their message on one line and exits 2."""
+
+
+class Seq2SeqError(Exception):
+    """Bad input from the user: the message names what is wrong and where."""
+
+
+class ConfigError(Seq2SeqError):
+    """A config file or override is invalid."""
+
+
+class DataError(Seq2SeqError):
+    """A corpus file or data directory is invalid."""
+
+
+class CheckpointError(Seq2SeqError):
+    """A checkpoint is missing, truncated, or not one of ours."""
+
+
+def warn(message: str) -> None:
+    """Tell the user something went differently than asked, without stopping."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr)

@@ -1,0 +1,170 @@
+"""The model of Sutskever et al. (2014): a deep LSTM encoder, a separate deep LSTM decoder.
+
+The encoder reads the (reversed) source; its final (h, c) of every layer is the sentence
+representation and the decoder's initial state. The decoder is a conditional language
+model with a softmax over the whole target vocabulary. No attention. Every parameter is
+drawn uniformly from [-0.08, 0.08].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from seq2seq.config import ModelConfig
+from seq2seq.vocab import PAD_ID
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hidden_size)
+
+
+class Encoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: ModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers,
+                            batch_first=True, dropout=cfg.dropout)
+
+    def forward(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
+        """src (batch, src_len), src_lens (batch,) -> final (h, c) at each true length."""
+        x = self.dropout(self.embed(src))
+        lens = src_lens.cpu()
+        if bool((lens == src.shape[1]).all()):
+            # Bucketing makes most batches exactly rectangular: the fast unpacked path.
+            _, state = self.lstm(x)
+        else:
+            packed = pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False)
+            _, state = self.lstm(packed)
+        return state
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: ModelConfig):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers,
+                            batch_first=True, dropout=cfg.dropout)
+        self.output = nn.Linear(cfg.hidden_size, vocab_size)
+
+    def forward(self, tgt_in: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tgt_in (batch, tgt_len) -> top-layer outputs (batch, tgt_len, hidden), new state."""
+        out, state = self.lstm(self.dropout(self.embed(tgt_in)), state)
+        return self.dropout(out), state
+
+
+class Seq2Seq(nn.Module):
+    """Encoder + decoder. `reverse_source` is stored here so translation reverses as training did."""
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.reverse_source = cfg.reverse_source
+        self.encoder = Encoder(src_vocab_size, cfg)
+        self.decoder = Decoder(tgt_vocab_size, cfg)
+        for p in self.parameters():
+            nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+
+    def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
+        return self.encoder(src, src_lens)
+
+    def decode_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (n,) -> log-probabilities (n, tgt_vocab) of the next token, new state."""
+        out, state = self.decoder(tokens[:, None], state)
+        logits = self.decoder.output(out[:, 0])
+        return torch.log_softmax(logits.float(), dim=-1), state
+
+    def forward(
+        self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
+        tgt_out: torch.Tensor, chunk: int = 4096,
+    ) -> torch.Tensor:
+        """Summed negative log-likelihood of all target tokens of the batch (a scalar).
+
+        Padding positions are dropped before the output layer, so they cost nothing.
+        """
+        hidden, _ = self.decoder(tgt_in, self.encode(src, src_lens))
+        mask = tgt_out != PAD_ID
+        out = self.decoder.output
+        return chunked_nll(hidden[mask], out.weight, out.bias, tgt_out[mask], chunk)
+
+    def token_nll(
+        self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
+        tgt_out: torch.Tensor,
+    ) -> torch.Tensor:
+        """-log p(y_t | y_<t, S) of every target token and </s>: (batch, tgt_len), 0 at padding.
+
+        Summed over a row, it is the sentence's -log p(T|S).
+        """
+        hidden, _ = self.decoder(tgt_in, self.encode(src, src_lens))
+        logp = torch.log_softmax(self.decoder.output(hidden).float(), dim=-1)
+        nll = -logp.gather(2, tgt_out[..., None]).squeeze(2)
+        return nll.masked_fill(tgt_out == PAD_ID, 0.0)
+
+
+def chunked_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """sum_i -log softmax(hidden_i @ weight.T + bias)[targets_i], `chunk` rows at a time.
+
+    hidden (n, hidden), weight (vocab, hidden), bias (vocab,), targets (n,). Only one
+    (chunk, vocab) block of logits exists at a time, in training as well: the gradients are
+    computed chunk by chunk during the forward pass (`_ChunkedNLL`).
+    """
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedNLL.apply(hidden, weight, bias, targets, chunk)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for s in range(0, len(hidden), chunk):
+        logits = torch.addmm(bias, hidden[s:s + chunk], weight.t()).float()
+        target_logits = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
+        total += (torch.logsumexp(logits, 1) - target_logits).sum()
+    return total
+
+
+class _ChunkedNLL(torch.autograd.Function):
+    """Output layer + log-softmax + NLL whose backward is a multiplication.
+
+    d(nll)/d(logits) = softmax(logits) - onehot(target), so each chunk's gradients
+    w.r.t. hidden, weight and bias are formed as soon as its softmax is known, and the
+    chunk's logits are freed. Memory: O(n x hidden + vocab x hidden), never O(n x vocab).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32)
+        for s in range(0, len(hidden), chunk):
+            h, t = hidden[s:s + chunk], targets[s:s + chunk]
+            rows = torch.arange(len(t), device=t.device)
+            probs = torch.addmm(bias, h, weight.t()).float()  # (n, vocab) logits for now
+            lse = torch.logsumexp(probs, 1)
+            total += (lse - probs[rows, t]).sum()
+            probs.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs[rows, t] -= 1.0  # d nll / d logits
+            grad_bias += probs.sum(0)
+            g = probs.to(h.dtype)
+            grad_hidden[s:s + chunk] = g @ weight.to(h.dtype)
+            grad_weight += g.t() @ h
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        return (grad_hidden * grad_total.to(grad_hidden.dtype),
+                (grad_weight * grad_total).to(ctx.dtypes[0]),
+                (grad_bias * grad_total).to(ctx.dtypes[1]), None, None)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: total, recurrent (LSTM) of the encoder and decoder, embeddings, output."""
+    enc, dec = model.encoder, model.decoder
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return {
+        "total": n(model), "encoder_lstm": n(enc.lstm), "decoder_lstm": n(dec.lstm),
+        "src_embed": n(enc.embed), "tgt_embed": n(dec.embed), "output": n(dec.output),
+    }

@@ -1,0 +1,172 @@
+"""Decoding: greedy and batched beam search over an ensemble of one or more models.
+
+A hypothesis' score is its log-probability sum_t log p(y_t | y_<t, S), as in the paper (no
+length normalisation). An ensemble averages the models' log-probabilities at every step.
+A hypothesis may hold at most `max_len_a * len(source) + max_len_b` tokens before </s>;
+at that length </s> is the only choice left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seq2seq.data import source_batch, target_batch
+from seq2seq.model import Seq2Seq, State
+from seq2seq.vocab import BOS_ID, EOS_ID
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # target ids, without <s> and </s>
+    score: float  # log p(tokens </s> | source)
+
+
+class Ensemble:
+    """Models decoded together: one state per model, log-probabilities averaged per step."""
+
+    def __init__(self, models: list[Seq2Seq]):
+        self.models = models
+        self.device = next(models[0].parameters()).device
+
+    def encode(self, sources: list[list[int]]) -> list[State]:
+        """Each model encodes the sources with its own reversal setting."""
+        states = []
+        for model in self.models:
+            src, lens = source_batch(sources, model.reverse_source)
+            states.append(model.encode(src.to(self.device), lens))
+        return states
+
+    def step(self, tokens: torch.Tensor, states: list[State]) -> tuple[torch.Tensor, list[State]]:
+        """tokens (n,) -> mean log-probabilities (n, vocab), new states."""
+        out = [m.decode_step(tokens, s) for m, s in zip(self.models, states)]
+        logp = out[0][0] if len(out) == 1 else torch.stack([o[0] for o in out]).mean(0)
+        return logp, [o[1] for o in out]
+
+    @staticmethod
+    def select(states: list[State], rows: torch.Tensor) -> list[State]:
+        """Keep (and reorder, or repeat) the batch rows `rows` of every state."""
+        return [(h.index_select(1, rows), c.index_select(1, rows)) for h, c in states]
+
+    def token_logprobs(self, sources: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
+        """Teacher-forced mean log p(y_t | ...) of every target token and </s>: (batch, tgt_len)."""
+        tgt_in, tgt_out = (t.to(self.device) for t in target_batch(targets))
+        total = 0
+        for model in self.models:
+            src, lens = source_batch(sources, model.reverse_source)
+            total = total - model.token_nll(src.to(self.device), lens, tgt_in, tgt_out)
+        return total / len(self.models)
+
+
+def _max_lens(sources: list[list[int]], a: float, b: int, device) -> torch.Tensor:
+    return torch.tensor([int(a * len(s) + b) for s in sources], device=device)
+
+
+@torch.inference_mode()
+def greedy_search(
+    ensemble: Ensemble, sources: list[list[int]], max_len_a: float = 2.0, max_len_b: int = 10,
+) -> list[Hypothesis]:
+    """The most probable next token at every step, for a batch of sources."""
+    device = ensemble.device
+    states = ensemble.encode(sources)
+    n = len(sources)
+    max_lens = _max_lens(sources, max_len_a, max_len_b, device)
+    alive = torch.arange(n, device=device)  # original index of each remaining row
+    tokens = torch.full((n,), BOS_ID, device=device)
+    scores = torch.zeros(n, device=device)
+    history = torch.zeros((n, 0), dtype=torch.long, device=device)
+    results: list[Hypothesis | None] = [None] * n
+    t = 0
+    while len(alive):
+        logp, states = ensemble.step(tokens, states)  # (b, vocab)
+        at_max = t >= max_lens
+        logp[at_max, :EOS_ID] = logp[at_max, EOS_ID + 1:] = float("-inf")
+        best, tokens = logp.max(-1)
+        scores = scores + best
+        done = tokens == EOS_ID
+        for row in done.nonzero()[:, 0].tolist():
+            results[alive[row]] = Hypothesis(history[row].tolist(), scores[row].item())
+        keep = (~done).nonzero()[:, 0]
+        history = torch.cat([history[keep], tokens[keep, None]], 1)
+        alive, tokens, scores, max_lens = alive[keep], tokens[keep], scores[keep], max_lens[keep]
+        states = Ensemble.select(states, keep)
+        t += 1
+    return results
+
+
+@torch.inference_mode()
+def beam_search(
+    ensemble: Ensemble, sources: list[list[int]], beam_size: int = 12, nbest: int = 1,
+    max_len_a: float = 2.0, max_len_b: int = 10,
+) -> list[list[Hypothesis]]:
+    """Batched beam search: the `nbest` best complete hypotheses of each source, best first.
+
+    All live hypotheses of all sentences form one flat (batch * beam) batch. Each step takes
+    the top 2 * beam candidates over (beam x vocab) per sentence, so that `beam` non-</s>
+    candidates survive even if up to `beam` of them end. A candidate ending in </s> among the
+    top `beam` is complete. A sentence leaves the batch once its nbest-th complete score is at
+    least its best live score: scores only fall, so no live hypothesis can overtake it.
+    """
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
+    device, k = ensemble.device, beam_size
+    n = len(sources)
+    states = Ensemble.select(ensemble.encode(sources),
+                             torch.arange(n, device=device).repeat_interleave(k))
+    max_lens = _max_lens(sources, max_len_a, max_len_b, device)  # (b,)
+    alive = torch.arange(n, device=device)  # (b,) original index of each live sentence
+    tokens = torch.full((n * k,), BOS_ID, device=device)  # (b * k,) last token of each hypothesis
+    history = torch.zeros((n * k, 0), dtype=torch.long, device=device)  # (b * k, t)
+    scores = torch.full((n, k), float("-inf"), device=device)  # (b, k); one live start per sentence
+    scores[:, 0] = 0.0
+    best_done = torch.full((n, nbest), float("-inf"), device=device)  # (b, nbest) complete scores
+    results: list[list[Hypothesis]] = [[] for _ in range(n)]
+    t = 0
+    while len(alive):
+        logp, states = ensemble.step(tokens, states)
+        vocab = logp.shape[-1]
+        logp = logp.view(-1, k, vocab)  # (b, k, vocab)
+        at_max = t >= max_lens  # (b,)
+        if bool(at_max.any()):
+            eos = logp[at_max, :, EOS_ID]
+            logp[at_max] = float("-inf")
+            logp[at_max, :, EOS_ID] = eos
+        candidates = (scores[:, :, None] + logp).view(-1, k * vocab)  # (b, k * vocab)
+        top_scores, top = candidates.topk(min(2 * k, k * vocab), dim=1)  # (b, 2k)
+        top_beam, top_token = top // vocab, top % vocab
+        rows = torch.arange(len(alive), device=device)[:, None] * k + top_beam  # (b, 2k) into b*k
+
+        # Complete hypotheses: </s> among the top k candidates.
+        ends = (top_token == EOS_ID) & torch.isfinite(top_scores)
+        ends[:, k:] = False
+        if bool(ends.any()):
+            _collect(results, ends, alive, rows, history, top_scores)
+            ended = top_scores.masked_fill(~ends, float("-inf"))
+            best_done = torch.cat([best_done, ended], 1).topk(nbest, dim=1).values
+
+        # Live hypotheses: the k best candidates that do not end (positions keep score order).
+        order = (top_token == EOS_ID).long() * top.shape[1] + torch.arange(top.shape[1],
+                                                                            device=device)
+        pick = order.topk(k, dim=1, largest=False).indices  # (b, k)
+        scores = top_scores.gather(1, pick)
+        done = at_max | (best_done[:, -1] >= scores[:, 0])
+
+        keep = (~done).nonzero()[:, 0]  # (b',)
+        keep_rows = rows.gather(1, pick)[keep].view(-1)  # (b' * k,)
+        tokens = top_token.gather(1, pick)[keep].view(-1)
+        history = torch.cat([history[keep_rows], tokens[:, None]], 1)
+        states = Ensemble.select(states, keep_rows)
+        scores, best_done = scores[keep], best_done[keep]
+        alive, max_lens = alive[keep], max_lens[keep]
+        t += 1
+    return [sorted(r, key=lambda h: -h.score)[:nbest] for r in results]
+
+
+def _collect(results, ends, alive, rows, history, top_scores) -> None:
+    """Append the hypotheses marked in `ends` (b, 2k) to `results` of their sentences."""
+    b, c = ends.nonzero(as_tuple=True)
+    sentences = alive[b].tolist()
+    prefixes = history[rows[b, c]].tolist()
+    for sentence, prefix, score in zip(sentences, prefixes, top_scores[b, c].tolist()):
+        results[sentence].append(Hypothesis(prefix, score))

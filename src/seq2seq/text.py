@@ -1,0 +1,153 @@
+"""Tokenize and detokenize raw text; read corpus files line by line with clear errors.
+
+Three tokenizers:
+- `moses` (default): the Moses rules via sacremoses, per language; words stay words.
+- `space`: split on whitespace, join with one space.
+- `sentencepiece`: a subword model trained by `prepare` on the training side.
+
+Before any tokenizer runs, every run of Unicode whitespace (including the no-break and
+narrow no-break spaces of French typography) becomes one ASCII space, and zero-width
+spaces and soft hyphens are removed. BLEU is unaffected: its own tokenizer splits on the
+same whitespace.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from seq2seq.errors import DataError
+
+_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
+TOKENIZERS = ("moses", "space", "sentencepiece")
+
+
+def normalize(line: str) -> str:
+    """Collapse all Unicode whitespace to single spaces and drop invisible characters."""
+    return " ".join(_INVISIBLE.sub("", line).split())
+
+
+class Tokenizer:
+    """Turns one side's raw text into tokens and back.
+
+    `kind` is one of TOKENIZERS; `lang` picks the Moses rules; `sp_model` is the serialized
+    SentencePiece model (bytes) when kind is "sentencepiece".
+    """
+
+    def __init__(
+        self, kind: str = "moses", lang: str = "en", lowercase: bool = False,
+        sp_model: bytes | None = None,
+    ):
+        if kind not in TOKENIZERS:
+            raise DataError(f"unknown tokenizer {kind!r} (choose from {', '.join(TOKENIZERS)})")
+        if kind == "sentencepiece" and sp_model is None:
+            raise DataError("the sentencepiece tokenizer needs a trained model")
+        self.kind, self.lang, self.lowercase, self.sp_model = kind, lang, lowercase, sp_model
+        self._moses = self._moses_detok = self._sp = None
+        if kind == "moses":
+            from sacremoses import MosesDetokenizer, MosesTokenizer
+
+            self._moses = MosesTokenizer(lang)
+            self._moses_detok = MosesDetokenizer(lang)
+        elif kind == "sentencepiece":
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_proto=sp_model)
+
+    def tokenize(self, line: str) -> list[str]:
+        line = normalize(line)
+        if self.lowercase:
+            line = line.lower()
+        if not line:
+            return []
+        if self._moses is not None:
+            return self._moses.tokenize(line, escape=False)
+        if self._sp is not None:
+            return self._sp.encode(line, out_type=str)
+        return line.split(" ")
+
+    def detokenize(self, tokens: list[str]) -> str:
+        if self._moses_detok is not None:
+            return self._moses_detok.detokenize(tokens)
+        if self._sp is not None:
+            return self._sp.decode_pieces(tokens)
+        return " ".join(tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this tokenizer (stored in data dirs and checkpoints)."""
+        return {"kind": self.kind, "lang": self.lang, "lowercase": self.lowercase,
+                "sp_model": self.sp_model}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
+        return cls(d["kind"], d["lang"], d["lowercase"], d.get("sp_model"))
+
+
+def train_sentencepiece(lines: Iterator[str], vocab_size: int, lowercase: bool) -> bytes:
+    """Train a unigram SentencePiece model on (a sample of up to 2M of) `lines`."""
+    import sentencepiece as spm
+
+    stream = ((normalize(s).lower() if lowercase else normalize(s)) for s in lines)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=stream, model_writer=model, vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, input_sentence_size=2_000_000,
+        shuffle_input_sentence=True, hard_vocab_limit=False,
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def open_binary(path: str | Path):
+    """Open a corpus file for reading bytes; `.gz` and `.xz` files are decompressed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".xz":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_lines(path: str | Path) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file without their line ends, streaming.
+
+    Raises DataError naming the file and line on invalid UTF-8.
+    """
+    with open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path} line {number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} "
+                    f"at column {err.start + 1})"
+                ) from None
+
+
+def read_pairs(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
+    """Yield (source, target) lines of two parallel files, checking they have equal length."""
+    sources, targets = read_lines(src_path), read_lines(tgt_path)
+    count = 0
+    for src in sources:
+        tgt = next(targets, None)
+        if tgt is None:
+            rest = sum(1 for _ in sources)
+            raise DataError(
+                f"{src_path} has {count + 1 + rest} lines but {tgt_path} has {count}: "
+                "parallel files must have the same number of lines"
+            )
+        count += 1
+        yield src, tgt
+    rest = sum(1 for _ in targets)
+    if rest:
+        raise DataError(
+            f"{src_path} has {count} lines but {tgt_path} has {count + rest}: "
+            "parallel files must have the same number of lines"
+        )

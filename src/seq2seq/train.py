@@ -1,0 +1,379 @@
+"""The training loop of the paper: teacher forcing, SGD, halving schedule, clipping, resume.
+
+Objective: the mean over the batch's sentences of -log p(T|S) (the paper divides the
+gradient by its batch of 128 sentences); the gradient is rescaled to `clip_norm` when its
+L2 norm is larger. Learning rate: `lr` until `decay_start` epochs, then multiplied by
+`decay_factor` every `decay_every` epochs.
+
+Re-running the same command on the same run directory resumes from `last.pt`: model,
+optimizer, schedule, data position and RNG, so the result equals an uninterrupted run.
+Under `torchrun`, each global batch is split over the ranks and DistributedDataParallel
+averages the gradients; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+from seq2seq.config import Config, OptimConfig, config_from_dict
+from seq2seq.data import Batch, DataDir, ParallelCorpus, collate, make_batches
+from seq2seq.device import autocast, configure, dist_backend, grad_scaler, resolve_device
+from seq2seq.errors import ConfigError, DataError
+from seq2seq.model import Seq2Seq, count_parameters
+
+# Keys that may change between a run and its resumption (they do not change the result
+# of the steps already taken).
+RESUMABLE_CHANGES = {
+    "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
+    "train.checkpoint_every", "train.threads", "train.device",
+}
+
+
+def learning_rate(optim: OptimConfig, epoch: float) -> float:
+    """The paper's schedule at fractional `epoch`: constant, then halved every half epoch."""
+    if epoch < optim.decay_start:
+        return optim.lr
+    decays = math.floor((epoch - optim.decay_start) / optim.decay_every) + 1
+    return optim.lr * optim.decay_factor ** decays
+
+
+@dataclass
+class Position:
+    """Where training is: updates done, and the next batch of which epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+class Trainer:
+    """Trains a Seq2Seq model on a prepared data directory, writing into a run directory."""
+
+    def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path, log=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = _dist_info()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.device = resolve_device(cfg.train.device)
+        configure(self.device, cfg.train.threads)
+        self.data = DataDir(data_dir)
+        self.train_set = self.data.split("train")
+        self.valid_set = self.data.split("valid")
+        torch.manual_seed(cfg.train.seed)
+        self.model = Seq2Seq(len(self.data.src_vocab), len(self.data.tgt_vocab), cfg.model)
+        self.model.to(self.device)
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = _make_optimizer(self.model, cfg.optim)
+        self.scaler = grad_scaler(self.device, cfg.train.precision)
+        self.pos = Position()
+        self.best_valid_ppl = float("inf")
+        self._batches: tuple[int, list[np.ndarray]] | None = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, Any]:
+        """Train until the epoch budget (or max_steps) is spent; returns the last validation."""
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._resume_or_start()
+        cfg = self.cfg
+        total = self._total_steps()
+        bar = tqdm(total=total, initial=self.pos.step, disable=None if self.rank == 0 else True,
+                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        window = _Window()
+        last_valid: dict[str, Any] = {}
+        while not self._finished():
+            batch = self._next_batch()
+            stats = self.train_step(batch)
+            window.add(stats)
+            bar.update(1)
+            if self.pos.step % cfg.train.log_every == 0:
+                record = window.flush(self.pos, self._epoch())
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
+                                tok_s=f"{record['tgt_tok_s']:,.0f}")
+                self._write_metrics(record)
+                self.log(_format(record))
+            if self.pos.step % cfg.train.valid_every == 0:
+                last_valid = self._validate_and_save()
+            elif self.pos.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
+                self.save("last.pt")
+        bar.close()
+        if not last_valid or last_valid.get("step") != self.pos.step:
+            last_valid = self._validate_and_save()
+        return last_valid
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One update on one global batch: forward, backward, clip, SGD/Adam step."""
+        cfg = self.cfg
+        lr = learning_rate(cfg.optim, self._epoch())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        local = self._shard(batch).to(self.device, non_blocking=True)
+        self.model.train()
+        with autocast(self.device, cfg.train.precision):
+            nll = self.net(local.src, local.src_lens, local.tgt_in, local.tgt_out,
+                           cfg.train.loss_chunk)
+        # Mean over the *global* batch's sentences; DDP averages over ranks, so scale back.
+        loss = nll * (self.world / batch.size)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = float("nan")
+        if cfg.optim.clip_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                             cfg.optim.clip_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.pos.step += 1
+        self.pos.batch += 1
+        src_tokens, tgt_tokens = local.num_tokens()
+        return {"nll": float(nll.detach()), "tgt_tokens": tgt_tokens, "src_tokens": src_tokens,
+                "sentences": local.size, "lr": lr, "grad_norm": grad_norm}
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Perplexity of the validation split: exp(total NLL / target tokens incl. </s>)."""
+        self.model.eval()
+        total_nll, total_tokens = 0.0, 0
+        for idx in self._valid_batches():
+            batch = collate(self.valid_set, idx, self.model.reverse_source).to(self.device)
+            with autocast(self.device, self.cfg.train.precision):
+                nll = self.model(batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out,
+                                     self.cfg.train.loss_chunk)
+            total_nll += float(nll)
+            total_tokens += batch.num_tokens()[1]
+        return {"valid_nll": total_nll / total_tokens,
+                "valid_ppl": math.exp(min(total_nll / total_tokens, 50.0))}
+
+    # ------------------------------------------------------------------ data position
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        if self._batches is None or self._batches[0] != epoch:
+            b = self.cfg.batching
+            batches = make_batches(
+                self.train_set.src.lengths, self.train_set.tgt.lengths,
+                batch_size=b.batch_size, max_tokens=b.max_tokens, pool_batches=b.pool_batches,
+                seed=self.cfg.train.seed, epoch=epoch,
+            )
+            # Every rank needs at least one sentence of each global batch.
+            self._batches = (epoch, [x for x in batches if len(x) >= self.world])
+        return self._batches[1]
+
+    def _next_batch(self) -> Batch:
+        batches = self._epoch_batches(self.pos.epoch)
+        if self.pos.batch >= len(batches):
+            self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
+            batches = self._epoch_batches(self.pos.epoch)
+        return collate(self.train_set, batches[self.pos.batch], self.model.reverse_source)
+
+    def _shard(self, batch: Batch) -> Batch:
+        """This rank's contiguous share of a global batch."""
+        if self.world == 1:
+            return batch
+        n = batch.size
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        return Batch(*(t[lo:hi] for t in vars(batch).values()))
+
+    def _epoch(self) -> float:
+        """Fractional epoch of the next update."""
+        return self.pos.epoch + self.pos.batch / max(1, len(self._epoch_batches(self.pos.epoch)))
+
+    def _finished(self) -> bool:
+        if self.cfg.optim.max_steps is not None:
+            return self.pos.step >= self.cfg.optim.max_steps
+        batches = self._epoch_batches(self.pos.epoch)
+        return self.pos.epoch + self.pos.batch / max(1, len(batches)) >= self.cfg.optim.epochs
+
+    def _total_steps(self) -> int:
+        if self.cfg.optim.max_steps is not None:
+            return self.cfg.optim.max_steps
+        return math.ceil(self.cfg.optim.epochs * len(self._epoch_batches(0)))
+
+    def _valid_batches(self) -> list[np.ndarray]:
+        s = self.valid_set
+        b = self.cfg.batching
+        return make_batches(s.src.lengths, s.tgt.lengths, batch_size=b.batch_size,
+                            max_tokens=b.max_tokens, pool_batches=10**9, seed=0, epoch=0)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self, training: bool = True) -> dict[str, Any]:
+        """What a checkpoint holds; `training` adds what resuming needs."""
+        state = {
+            "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+            "src_vocab": self.data.src_vocab.words, "tgt_vocab": self.data.tgt_vocab.words,
+            "tokenizer": {side: self.data.tokenizer(side).to_dict() for side in ("src", "tgt")},
+            "max_len": self.data.max_len, "step": self.pos.step,
+            "best_valid_ppl": self.best_valid_ppl,
+        }
+        if training:
+            state.update(
+                optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                position=vars(self.pos).copy(),
+                rng={"torch": torch.get_rng_state(), "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                     else []},
+            )
+        return state
+
+    def save(self, name: str, training: bool = True) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.checkpoint_state(training), self.run_dir / name)
+
+    def _validate_and_save(self) -> dict[str, Any]:
+        record = {"step": self.pos.step, "epoch": round(self._epoch(), 4), **self.validate()}
+        improved = record["valid_ppl"] < self.best_valid_ppl
+        if improved:
+            self.best_valid_ppl = record["valid_ppl"]
+            self.save("best.pt", training=False)
+        self.save("last.pt")
+        record["best"] = improved
+        self._write_metrics(record)
+        self.log(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
+                 f"{record['valid_ppl']:.2f}" + (" (best)" if improved else ""))
+        return record
+
+    def _resume_or_start(self) -> None:
+        last = self.run_dir / "last.pt"
+        if not last.exists():
+            if self.rank == 0:
+                (self.run_dir / "config.yaml").write_text(
+                    yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+                n = count_parameters(self.model)
+                self.log(f"model: {n['total']:,} parameters ({n['encoder_lstm']:,} encoder "
+                         f"LSTM, {n['decoder_lstm']:,} decoder LSTM); device {self.device}; "
+                         f"{len(self.train_set):,} training pairs; world size {self.world}")
+            return
+        state = load_checkpoint(last, map_location=self.device)
+        _check_same_run(config_from_dict(state["config"]), self.cfg, last)
+        if state["src_vocab"] != self.data.src_vocab.words or \
+                state["tgt_vocab"] != self.data.tgt_vocab.words:
+            raise DataError(f"{last}: was trained on data with other vocabularies than "
+                            f"{self.data.path}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.pos = Position(**state["position"])
+        self.best_valid_ppl = state["best_valid_ppl"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.rank == 0:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.pos.step)
+        self.log(f"resumed {last} at step {self.pos.step} (epoch {self.pos.epoch}, "
+                 f"batch {self.pos.batch})")
+
+    def _write_metrics(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
+    """Train (or resume) a run; returns the final validation record. Works under torchrun."""
+    init_distributed(cfg.train.device)
+    try:
+        return Trainer(cfg, data_dir, run_dir).train()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init_distributed(device_name: str) -> None:
+    """Join the process group that torchrun describes in the environment, if any."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=dist_backend(resolve_device(device_name)))
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=optim.lr)
+    return torch.optim.SGD(model.parameters(), lr=optim.lr)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _check_same_run(saved: Config, current: Config, where: Path) -> None:
+    before, now = _flat(saved.to_dict()), _flat(current.to_dict())
+    changed = [k for k in now if now[k] != before.get(k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        k = changed[0]
+        raise ConfigError(
+            f"{where}: this run was started with {k}={before.get(k)!r}, now {now[k]!r}; "
+            "resume with the same config, or train into a new --out directory"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past `step` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
+class _Window:
+    """Sums of the steps since the last log line."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.nll = self.tgt = self.src = self.steps = 0
+        self.lr = self.grad_norm = 0.0
+
+    def add(self, s: dict[str, float]) -> None:
+        self.nll += s["nll"]
+        self.tgt += s["tgt_tokens"]
+        self.src += s["src_tokens"]
+        self.steps += 1
+        self.lr, self.grad_norm = s["lr"], s["grad_norm"]
+
+    def flush(self, pos: Position, epoch: float) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.start
+        loss = self.nll / max(1, self.tgt)
+        record = {
+            "step": pos.step, "epoch": round(epoch, 4), "loss": loss,
+            "ppl": math.exp(min(loss, 50.0)), "lr": self.lr, "grad_norm": self.grad_norm,
+            "tgt_tok_s": self.tgt / elapsed, "src_tgt_tok_s": (self.src + self.tgt) / elapsed,
+            "sec_per_step": elapsed / max(1, self.steps),
+        }
+        self.__init__()
+        return record
+
+
+def _format(r: dict[str, Any]) -> str:
+    return (f"step {r['step']} | epoch {r['epoch']:.2f} | loss {r['loss']:.3f} | ppl "
+            f"{r['ppl']:.1f} | lr {r['lr']:.3g} | |g| {r['grad_norm']:.2f} | "
+            f"{r['tgt_tok_s']:,.0f} tgt tok/s | {r['src_tgt_tok_s']:,.0f} src+tgt tok/s")

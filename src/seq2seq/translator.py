@@ -1,0 +1,171 @@
+"""Trained models as a Python object: raw text in, raw text out.
+
+    from seq2seq import Translator
+    t = Translator.load("runs/tatoeba/best.pt")
+    t.translate(["How are you?"])[0].text
+
+Several checkpoints make an ensemble; they must share vocabularies and tokenizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seq2seq.checkpoint import load_checkpoint
+from seq2seq.config import config_from_dict
+from seq2seq.data import source_batch
+from seq2seq.device import resolve_device
+from seq2seq.errors import CheckpointError, warn
+from seq2seq.model import Seq2Seq
+from seq2seq.search import Ensemble, Hypothesis, beam_search, greedy_search
+from seq2seq.text import Tokenizer
+from seq2seq.vocab import Vocabulary
+
+
+@dataclass
+class Translation:
+    """The best translation of one source, with the n-best list it came from."""
+
+    text: str
+    score: float  # log p(translation </s> | source)
+    nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, score), best first
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, dict]:
+    """The model of a checkpoint, in eval mode on `device`, and the checkpoint's metadata."""
+    state = load_checkpoint(path, map_location=device)
+    cfg = config_from_dict(state["config"], where=f"{path} (config)")
+    model = Seq2Seq(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model: {str(err)[:200]}") from None
+    return model.to(device).eval(), state
+
+
+class Translator:
+    """One model or an ensemble, with the vocabularies and tokenizers it was trained with."""
+
+    def __init__(
+        self, models: list[Seq2Seq], src_vocab: Vocabulary, tgt_vocab: Vocabulary,
+        src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, max_len: int,
+    ):
+        self.ensemble = Ensemble(models)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
+        self.max_len = max_len
+
+    @classmethod
+    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto") -> Translator:
+        """Load one checkpoint or several (an ensemble) onto `device` (auto|cpu|cuda)."""
+        paths = [paths] if isinstance(paths, str | Path) else list(paths)
+        dev = resolve_device(device)
+        loaded = [load_model(p, dev) for p in paths]
+        first = loaded[0][1]
+        for p, (_, state) in zip(paths[1:], loaded[1:]):
+            for key in ("src_vocab", "tgt_vocab", "tokenizer"):
+                if state[key] != first[key]:
+                    raise CheckpointError(
+                        f"{p}: its {key.replace('_', ' ')} differs from {paths[0]}'s; an "
+                        "ensemble needs models trained on the same prepared data"
+                    )
+        return cls(
+            [m for m, _ in loaded], Vocabulary(first["src_vocab"]),
+            Vocabulary(first["tgt_vocab"]), Tokenizer.from_dict(first["tokenizer"]["src"]),
+            Tokenizer.from_dict(first["tokenizer"]["tgt"]),
+            min(state["max_len"] for _, state in loaded),
+        )
+
+    # ------------------------------------------------------------------ text <-> ids
+
+    def source_ids(self, sentences: Sequence[str]) -> list[list[int]]:
+        """Tokenized, id-mapped sources, cut to the model's max length (with a warning)."""
+        out = []
+        for number, line in enumerate(sentences, start=1):
+            ids = self.src_vocab.encode(self.src_tokenizer.tokenize(line))
+            if len(ids) > self.max_len:
+                warn(f"input line {number}: {len(ids)} tokens, truncated to the model's "
+                     f"limit of {self.max_len}")
+                ids = ids[:self.max_len]
+            out.append(ids)
+        return out
+
+    def target_ids(self, sentences: Sequence[str]) -> list[list[int]]:
+        return [self.tgt_vocab.encode(self.tgt_tokenizer.tokenize(s)) for s in sentences]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tgt_tokenizer.detokenize(self.tgt_vocab.decode(ids))
+
+    # ------------------------------------------------------------------ the verbs
+
+    def translate(
+        self, sentences: Sequence[str], beam: int = 12, nbest: int = 1, batch_size: int = 64,
+        max_len_a: float = 2.0, max_len_b: int = 10,
+    ) -> list[Translation]:
+        """Translate raw sentences; beam 1 is greedy search. Empty inputs give empty outputs."""
+        sources = self.source_ids(sentences)
+        results: list[Translation] = [Translation("", 0.0, [("", 0.0)])] * len(sources)
+        for idx in _length_batches(sources, batch_size):
+            batch = [sources[i] for i in idx]
+            if beam == 1 and nbest == 1:
+                hyps = [[h] for h in greedy_search(self.ensemble, batch, max_len_a, max_len_b)]
+            else:
+                hyps = beam_search(self.ensemble, batch, beam, nbest, max_len_a, max_len_b)
+            for i, nb in zip(idx, hyps):
+                results[i] = self._translation(nb)
+        return results
+
+    def _translation(self, hyps: list[Hypothesis]) -> Translation:
+        nbest = [(self.detokenize(h.tokens), h.score) for h in hyps]
+        return Translation(nbest[0][0], nbest[0][1], nbest)
+
+    @torch.inference_mode()
+    def score(self, sources: Sequence[str], targets: Sequence[str],
+              batch_size: int = 64) -> list[float]:
+        """log p(T|S) of each (source, target) pair, target </s> included."""
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+        src_ids, tgt_ids = self.source_ids(sources), self.target_ids(targets)
+        scores = [0.0] * len(src_ids)
+        for idx in _length_batches(src_ids, batch_size, skip_empty=False):
+            logp = self.ensemble.token_logprobs([src_ids[i] for i in idx],
+                                                [tgt_ids[i] for i in idx])
+            for i, s in zip(idx, logp.sum(1).tolist()):
+                scores[i] = s
+        return scores
+
+    @torch.inference_mode()
+    def encode(self, sentences: Sequence[str], layers: str = "top",
+               batch_size: int = 64) -> np.ndarray:
+        """Sentence vectors: the first model's final encoder hidden state, (n, dim).
+
+        layers="top": the top layer's h, dim = hidden_size; "all": h of every layer
+        concatenated, dim = num_layers * hidden_size.
+        """
+        if layers not in ("top", "all"):
+            raise ValueError(f"layers must be 'top' or 'all', got {layers!r}")
+        model = self.ensemble.models[0]
+        sources = self.source_ids(sentences)
+        out = np.zeros((len(sources), 0), dtype=np.float32)
+        rows = {}
+        for idx in _length_batches(sources, batch_size, skip_empty=False):
+            src, lens = source_batch([sources[i] for i in idx], model.reverse_source)
+            h, _ = model.encode(src.to(self.ensemble.device), lens)  # (layers, b, hidden)
+            vec = h[-1] if layers == "top" else h.permute(1, 0, 2).reshape(len(idx), -1)
+            rows.update(zip(idx, vec.float().cpu().numpy()))
+        if rows:
+            out = np.stack([rows[i] for i in range(len(sources))])
+        return out
+
+
+def _length_batches(sources: list[list[int]], batch_size: int,
+                    skip_empty: bool = True) -> list[list[int]]:
+    """Indices of `sources` in batches of similar length (empty sources skipped)."""
+    order = sorted((i for i, s in enumerate(sources) if s or not skip_empty),
+                   key=lambda i: len(sources[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
