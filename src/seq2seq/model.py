@@ -55,7 +55,7 @@ class Decoder(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """Encoder + decoder. `reverse_source` is stored here so translation reverses as training did."""
+    """Encoder + decoder; `reverse_source` is kept so translation reverses as training did."""
 
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cfg: ModelConfig):
         super().__init__()

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, OptimConfig, config_from_dict
-from seq2seq.data import Batch, DataDir, ParallelCorpus, collate, make_batches
+from seq2seq.data import Batch, DataDir, collate, make_batches
 from seq2seq.device import autocast, configure, dist_backend, grad_scaler, resolve_device
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq, count_parameters

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny slices of the bundled Tatoeba data, a prepared data dir, a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.config import config_from_dict
+from seq2seq.data import prepare
+from seq2seq.train import Trainer
+from seq2seq.translator import Translator
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "data" / "tatoeba-en-fr"
+
+TINY_MODEL = {"embed_dim": 24, "hidden_size": 32, "num_layers": 2}
+
+
+def tiny_config(**sections) -> dict:
+    """A config dict for a model that trains in seconds; `sections` update its sections."""
+    cfg = {
+        "model": dict(TINY_MODEL),
+        "batching": {"batch_size": 32},
+        "optim": {"optimizer": "adam", "lr": 0.01, "max_steps": 40},
+        "train": {"log_every": 10, "valid_every": 20, "seed": 3, "threads": 1},
+    }
+    for name, values in sections.items():
+        cfg[name] = {**cfg.get(name, {}), **values}
+    return cfg
+
+
+def write_slice(path: Path, source: Path, start: int, stop: int) -> Path:
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)[start:stop]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Raw files: 1,500 training pairs (from test.*) and 100 validation pairs (from valid.*)."""
+    d = tmp_path_factory.mktemp("corpus")
+    return {
+        "train_src": write_slice(d / "train.en", CORPUS / "test.en", 0, 1500),
+        "train_tgt": write_slice(d / "train.fr", CORPUS / "test.fr", 0, 1500),
+        "valid_src": write_slice(d / "valid.en", CORPUS / "valid.en", 0, 100),
+        "valid_tgt": write_slice(d / "valid.fr", CORPUS / "valid.fr", 0, 100),
+    }
+
+
+@pytest.fixture(scope="session")
+def data_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"], corpus["valid_tgt"],
+            out, src_vocab=2000, tgt_vocab=2000, max_len=200, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory) -> Path:
+    """A run directory with a tiny model trained for 120 steps (a few seconds)."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = config_from_dict(tiny_config(optim={"max_steps": 120}, train={"valid_every": 60}))
+    Trainer(cfg, data_dir, run, log=lambda _: None).train()
+    return run
+
+
+@pytest.fixture(scope="session")
+def translator(trained_run) -> Translator:
+    torch.set_num_threads(1)
+    return Translator.load(trained_run / "best.pt", device="cpu")

@@ -1,0 +1,149 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from seq2seq.data import DataDir, make_batches, prepare, source_batch, target_batch
+from seq2seq.errors import DataError
+from seq2seq.text import Tokenizer
+from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID
+
+
+def test_prepared_ids_are_the_tokenized_corpus(corpus, data_dir):
+    data = DataDir(data_dir)
+    train = data.split("train")
+    src_lines = corpus["train_src"].read_text().splitlines()
+    tgt_lines = corpus["train_tgt"].read_text().splitlines()
+    assert len(train) == len(src_lines) == 1500
+    tok_en, tok_fr = Tokenizer("moses", "en"), Tokenizer("moses", "fr")
+    for i in (0, 7, 1499):
+        assert data.src_vocab.decode(train.src[i]) == [
+            w if w in data.src_vocab.index else "<unk>" for w in tok_en.tokenize(src_lines[i])]
+        assert data.tgt_vocab.decode(train.tgt[i]) == [
+            w if w in data.tgt_vocab.index else "<unk>" for w in tok_fr.tokenize(tgt_lines[i])]
+    assert len(data.src_vocab) <= 2004 and len(data.tgt_vocab) == 2004
+    meta = json.loads((data_dir / "meta.json").read_text())
+    assert meta["train"]["kept"] == 1500 and meta["valid"]["kept"] == 100
+
+
+def test_vocabulary_keeps_the_most_frequent_words(data_dir):
+    data = DataDir(data_dir)
+    counts = np.bincount(np.asarray(data.split("train").tgt.ids), minlength=len(data.tgt_vocab))
+    # Ids are assigned by decreasing frequency after the 4 specials.
+    assert all(counts[4:-1] >= counts[5:])
+
+
+def test_long_and_empty_pairs_are_dropped_and_counted(tmp_path):
+    src = tmp_path / "a.en"
+    tgt = tmp_path / "a.fr"
+    src.write_text("one two\n" + "w " * 9 + "\nthree\n \n")
+    tgt.write_text("un deux\ncourt\n" + "m " * 9 + "\nvide\n")
+    meta = prepare(src, tgt, src, tgt, tmp_path / "d", max_len=5, tokenizer="space",
+                   log=lambda _: None)
+    assert meta["train"] == {"pairs": 4, "kept": 1, "too_long": 2, "empty": 1}
+
+
+def test_prepare_reads_gzip_and_workers_give_identical_output(corpus, tmp_path):
+    gz = {}
+    for key in ("train_src", "train_tgt"):
+        gz[key] = tmp_path / (corpus[key].name + ".gz")
+        gz[key].write_bytes(gzip.compress(corpus[key].read_bytes()))
+    args = (corpus["valid_src"], corpus["valid_tgt"])
+    prepare(gz["train_src"], gz["train_tgt"], *args, tmp_path / "one", log=lambda _: None)
+    prepare(corpus["train_src"], corpus["train_tgt"], *args, tmp_path / "two", workers=2,
+            log=lambda _: None)
+    for name in ("vocab.src", "vocab.tgt", "train.src.ids", "train.tgt.offsets",
+                 "valid.tgt.ids"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_sentencepiece_tokenizer_roundtrip(corpus, tmp_path):
+    prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"], corpus["valid_tgt"],
+            tmp_path / "sp", src_vocab=300, tgt_vocab=300, tokenizer="sentencepiece",
+            log=lambda _: None)
+    data = DataDir(tmp_path / "sp")
+    tok = data.tokenizer("tgt")
+    line = corpus["valid_tgt"].read_text().splitlines()[3]
+    assert tok.detokenize(tok.tokenize(line)) == " ".join(line.split())
+    assert len(data.tgt_vocab) <= 304
+
+
+@pytest.mark.parametrize("problem", ["line_counts", "empty", "utf8"])
+def test_bad_corpus_raises_and_writes_nothing(tmp_path, problem):
+    src, tgt = tmp_path / "x.en", tmp_path / "x.fr"
+    src.write_text("a b\nc d\n")
+    tgt.write_text("e f\ng h\n")
+    if problem == "line_counts":
+        tgt.write_text("e f\n")
+        match = "x.en has 2 lines but .*x.fr has 1"
+    elif problem == "empty":
+        src.write_text("")
+        tgt.write_text("")
+        match = "empty corpus"
+    else:
+        tgt.write_bytes(b"e f\ng \xff h\n")
+        match = r"x.fr line 2: invalid UTF-8 \(byte 0xff at column 3\)"
+    with pytest.raises(DataError, match=match):
+        prepare(src, tgt, src, tgt, tmp_path / "out", log=lambda _: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.en", "x.fr"]
+
+
+def test_existing_output_is_kept_without_force(corpus, data_dir):
+    before = (data_dir / "meta.json").read_text()
+    with pytest.raises(DataError, match="already exists"):
+        prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"],
+                corpus["valid_tgt"], data_dir, log=lambda _: None)
+    assert (data_dir / "meta.json").read_text() == before
+
+
+def test_truncated_binary_is_detected(data_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    ids = copy / "train.src.ids"
+    ids.write_bytes(ids.read_bytes()[:-8])
+    with pytest.raises(DataError, match="truncated"):
+        DataDir(copy).split("train")
+
+
+def lengths(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 30, n).astype(np.int32), rng.integers(1, 30, n).astype(np.int32)
+
+
+def test_batches_cover_each_sentence_once_and_are_deterministic():
+    src, tgt = lengths(1000)
+    kw = dict(batch_size=16, max_tokens=None, pool_batches=5, seed=1)
+    batches = make_batches(src, tgt, epoch=0, **kw)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+    again = make_batches(src, tgt, epoch=0, **kw)
+    assert all((a == b).all() for a, b in zip(batches, again))
+    other = make_batches(src, tgt, epoch=1, **kw)
+    assert any(len(a) != len(b) or (a != b).any() for a, b in zip(batches, other))
+
+
+def test_bucketing_keeps_padding_low_and_respects_token_budget():
+    src, tgt = lengths(5000)
+    batches = make_batches(src, tgt, batch_size=0, max_tokens=600, pool_batches=50, seed=2,
+                           epoch=0)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(5000))
+    padded = real = 0
+    for b in batches:
+        cost = len(b) * (src[b].max() + tgt[b].max() + 1)
+        assert cost <= 600 or len(b) == 1
+        padded += len(b) * src[b].max()
+        real += src[b].sum()
+    assert real / padded > 0.95  # sorted pools: source padding nearly gone
+
+
+def test_source_and_target_batches():
+    src, lens = source_batch([[4, 5, 6], [7]], reverse_source=True)
+    assert src.tolist() == [[6, 5, 4], [7, PAD_ID, PAD_ID]] and lens.tolist() == [3, 1]
+    src, _ = source_batch([[4, 5, 6]], reverse_source=False)
+    assert src.tolist() == [[4, 5, 6]]
+    tgt_in, tgt_out = target_batch([[8, 9], [10]])
+    assert tgt_in.tolist() == [[BOS_ID, 8, 9], [BOS_ID, 10, PAD_ID]]
+    assert tgt_out.tolist() == [[8, 9, EOS_ID], [10, EOS_ID, PAD_ID]]

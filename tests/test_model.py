@@ -1,0 +1,112 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.config import ModelConfig
+from seq2seq.data import Batch, DataDir, collate, source_batch, target_batch
+from seq2seq.model import Seq2Seq, chunked_nll, count_parameters
+
+CFG = ModelConfig(embed_dim=16, hidden_size=24, num_layers=2, src_vocab=50, tgt_vocab=40)
+SRC = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [4, 15, 16, 17, 18, 19, 20]]
+TGT = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [15, 16, 17, 18]]
+
+
+def model(seed=0, reverse=True):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**vars(CFG), "reverse_source": reverse})
+    return Seq2Seq(50, 40, cfg).eval()
+
+
+def batch(src, tgt, reverse=True):
+    return Batch(*source_batch(src, reverse), *target_batch(tgt))
+
+
+def test_padded_batch_loss_is_mean_of_sentence_losses():
+    m = model()
+    b = batch(SRC, TGT)
+    batch_loss = m(b.src, b.src_lens, b.tgt_in, b.tgt_out) / b.size
+    one_by_one = [m(*vars(batch([s], [t])).values()) for s, t in zip(SRC, TGT)]
+    assert torch.allclose(batch_loss, torch.stack(one_by_one).mean(), rtol=1e-5)
+    # ... and each sentence loss is -log p(T|S), the sum of its token losses.
+    per_token = m.token_nll(b.src, b.src_lens, b.tgt_in, b.tgt_out).sum(1)
+    assert torch.allclose(per_token, torch.stack(one_by_one), rtol=1e-5)
+
+
+def test_chunked_nll_matches_cross_entropy_in_value_and_gradient():
+    torch.manual_seed(1)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    weight = torch.randn(29, 8, requires_grad=True)
+    bias = torch.randn(29, requires_grad=True)
+    targets = torch.randint(0, 29, (37,))
+    ours = chunked_nll(hidden, weight, bias, targets, chunk=10) * 0.5
+    ours.backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    ref = F.cross_entropy(hidden @ weight.t() + bias, targets, reduction="sum") * 0.5
+    ref.backward()
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    for g, t in zip(grads, (hidden, weight, bias)):
+        assert torch.allclose(g, t.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(chunked_nll(hidden, weight, bias, targets, 7) * 0.5, ref)
+
+
+def test_packed_and_rectangular_encoder_paths_agree():
+    m = model()
+    src, lens = source_batch(SRC, True)
+    h, c = m.encode(src, lens)  # mixed lengths: packed path
+    for i, s in enumerate(SRC):
+        hi, ci = m.encode(*source_batch([s], True))  # one sentence: rectangular path
+        assert torch.allclose(h[:, i], hi[:, 0], atol=1e-6)
+        assert torch.allclose(c[:, i], ci[:, 0], atol=1e-6)
+
+
+def test_encoder_receives_reversed_source_in_training(data_dir):
+    data = DataDir(data_dir)
+    corpus = data.split("train")
+    b = collate(corpus, [3, 1], reverse_source=True)
+    seen = []
+    m = Seq2Seq(len(data.src_vocab), len(data.tgt_vocab), CFG)
+    m.encoder.embed.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+    for row, i in enumerate([3, 1]):
+        n = len(corpus.src[i])
+        assert seen[0][row, :n].tolist() == corpus.src[i].tolist()[::-1]
+    # The target keeps its order.
+    assert b.tgt_out[0, :len(corpus.tgt[3])].tolist() == corpus.tgt[3].tolist()
+
+
+def test_reversal_changes_the_encoding():
+    fwd, rev = model(reverse=False), model(reverse=True)
+    rev.load_state_dict(fwd.state_dict())
+    h_fwd, _ = fwd.encode(*source_batch(SRC[:1], fwd.reverse_source))
+    h_rev, _ = rev.encode(*source_batch([SRC[0][::-1]], False))
+    h_rev2, _ = rev.encode(*source_batch(SRC[:1], rev.reverse_source))
+    assert torch.allclose(h_rev, h_rev2)
+    assert not torch.allclose(h_fwd, h_rev)
+
+
+def test_paper_init_range():
+    m = model()
+    for p in m.parameters():
+        assert p.abs().max() <= 0.08
+    assert max(p.abs().max() for p in m.parameters()) > 0.07
+
+
+def test_paper_model_has_384m_parameters():
+    counts = count_parameters(Seq2Seq(160_000, 80_000, ModelConfig(
+        embed_dim=1000, hidden_size=1000, num_layers=4)))
+    assert counts["total"] == pytest.approx(384e6, rel=0.002)
+    assert counts["encoder_lstm"] == counts["decoder_lstm"] == pytest.approx(32e6, rel=0.002)
+
+
+@pytest.mark.parametrize("precision", [torch.bfloat16])
+def test_bf16_autocast_loss_close_to_fp32(precision):
+    m = model()
+    b = batch(SRC, TGT)
+    ref = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+    with torch.autocast("cpu", dtype=precision):
+        low = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, ref, rtol=0.02)

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from seq2seq.config import ModelConfig
+from seq2seq.model import Seq2Seq
+from seq2seq.search import Ensemble, beam_search, greedy_search
+
+SOURCES = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [4, 15, 16, 17, 18, 19, 20], [21], [7, 7]]
+
+
+def untrained(seed):
+    torch.manual_seed(seed)
+    # A large init spreads the output distribution, so hypotheses differ and end at
+    # different lengths; a tiny vocabulary makes </s> likely early.
+    cfg = ModelConfig(embed_dim=16, hidden_size=24, num_layers=2, init_range=0.5)
+    return Seq2Seq(30, 12, cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return Ensemble([untrained(0)])
+
+
+def test_beam_one_equals_greedy(ensemble):
+    greedy = greedy_search(ensemble, SOURCES)
+    beam = beam_search(ensemble, SOURCES, beam_size=1)
+    for g, (b,) in zip(greedy, beam):
+        assert g.tokens == b.tokens
+        assert g.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 3, 12])
+def test_batched_beam_equals_one_at_a_time(ensemble, beam):
+    batched = beam_search(ensemble, SOURCES, beam_size=beam, nbest=min(beam, 3))
+    for src, hyps in zip(SOURCES, batched):
+        (alone,) = beam_search(ensemble, [src], beam_size=beam, nbest=min(beam, 3))
+        assert [h.tokens for h in hyps] == [h.tokens for h in alone]
+        assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-4)
+
+
+def test_batched_greedy_equals_one_at_a_time(ensemble):
+    batched = greedy_search(ensemble, SOURCES)
+    for src, hyp in zip(SOURCES, batched):
+        assert greedy_search(ensemble, [src])[0].tokens == hyp.tokens
+
+
+def test_beam_scores_are_log_probabilities_of_the_hypotheses(ensemble):
+    hyps = beam_search(ensemble, SOURCES, beam_size=4, nbest=4)
+    for src, nbest in zip(SOURCES, hyps):
+        scores = [h.score for h in nbest]
+        assert scores == sorted(scores, reverse=True)
+        teacher = ensemble.token_logprobs([src] * len(nbest), [h.tokens for h in nbest]).sum(1)
+        assert teacher.tolist() == pytest.approx(scores, abs=1e-4)
+
+
+def test_wider_beam_finds_at_least_as_probable_translations(ensemble):
+    narrow = beam_search(ensemble, SOURCES, beam_size=1)
+    wide = beam_search(ensemble, SOURCES, beam_size=8)
+    assert all(w[0].score >= n[0].score - 1e-5 for n, w in zip(narrow, wide))
+    assert any(w[0].score > n[0].score + 1e-3 for n, w in zip(narrow, wide))
+
+
+def test_max_length_bound(ensemble):
+    for a, b in [(0.0, 0), (0.0, 2), (1.0, 1)]:
+        for src, hyp in zip(SOURCES, greedy_search(ensemble, SOURCES, a, b)):
+            assert len(hyp.tokens) <= a * len(src) + b
+        for src, (hyp,) in zip(SOURCES, beam_search(ensemble, SOURCES, 3, 1, a, b)):
+            assert len(hyp.tokens) <= a * len(src) + b
+
+
+def test_ensemble_of_identical_models_equals_single_model(ensemble):
+    twice = Ensemble([untrained(0), untrained(0)])
+    single = beam_search(ensemble, SOURCES, beam_size=3)
+    double = beam_search(twice, SOURCES, beam_size=3)
+    assert [h[0].tokens for h in single] == [h[0].tokens for h in double]
+
+
+def test_ensemble_averages_log_probabilities():
+    a, b = untrained(1), untrained(2)
+    ens = Ensemble([a, b])
+    states = ens.encode(SOURCES[:2])
+    tokens = torch.tensor([2, 2])
+    logp, _ = ens.step(tokens, states)
+    la, _ = a.decode_step(tokens, states[0])
+    lb, _ = b.decode_step(tokens, states[1])
+    assert torch.allclose(logp, (la + lb) / 2)
+
+
+def test_nbest_must_fit_in_the_beam(ensemble):
+    with pytest.raises(ValueError, match="nbest"):
+        beam_search(ensemble, SOURCES, beam_size=2, nbest=3)

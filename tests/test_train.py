@@ -1,0 +1,111 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from seq2seq.checkpoint import load_checkpoint
+from seq2seq.config import OptimConfig, config_from_dict
+from seq2seq.errors import ConfigError
+from seq2seq.train import Trainer, learning_rate
+
+
+def test_paper_learning_rate_schedule():
+    o = OptimConfig()  # lr 0.7, halve every half epoch after epoch 5
+    assert [learning_rate(o, e) for e in (0, 4.99, 5.0, 5.49, 5.5, 6.0, 7.4)] == pytest.approx(
+        [0.7, 0.7, 0.35, 0.35, 0.175, 0.0875, 0.7 / 32])
+
+
+def test_training_lowers_validation_perplexity_and_writes_metrics(trained_run):
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    valid = [r["valid_ppl"] for r in records if "valid_ppl" in r]
+    train = [r for r in records if "loss" in r]
+    assert len(valid) == 2 and valid[1] < valid[0]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert all(r["tgt_tok_s"] > 0 for r in train)
+    assert {p.name for p in trained_run.iterdir()} == {
+        "best.pt", "last.pt", "config.yaml", "metrics.jsonl"}
+    best = load_checkpoint(trained_run / "best.pt")
+    assert "optimizer" not in best and best["config"]["model"]["reverse_source"]
+
+
+def _params(path):
+    return load_checkpoint(path)["model"]
+
+
+def _run_command(cfg_path, data_dir, out):
+    return [sys.executable, "-m", "seq2seq", "train", str(cfg_path), "--data", str(data_dir),
+            "--out", str(out)]
+
+
+def _last_step(out):
+    try:
+        return max(json.loads(line)["step"] for line in (out / "metrics.jsonl").open())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_run_killed_mid_training_resumes_to_the_same_parameters(data_dir, tmp_path):
+    steps = 300
+    cfg = tiny_config(optim={"max_steps": steps, "optimizer": "sgd", "lr": 0.5},
+                      model={"dropout": 0.1},  # uses the RNG, which must resume too
+                      train={"log_every": 5, "valid_every": 100, "checkpoint_every": 20})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    whole = tmp_path / "whole"
+    subprocess.run(_run_command(cfg_path, data_dir, whole), check=True, env=env,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_run_command(cfg_path, data_dir, killed), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while _last_step(killed) < 130 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = load_checkpoint(killed / "last.pt")["step"]
+    assert 0 < interrupted_at < steps, "the run was not interrupted mid-training"
+
+    subprocess.run(_run_command(cfg_path, data_dir, killed), check=True, env=env,
+                   capture_output=True)
+    a, b = _params(whole / "last.pt"), _params(killed / "last.pt")
+    assert load_checkpoint(killed / "last.pt")["step"] == steps
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # The metrics of the lost steps were replaced, not duplicated.
+    steps_logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").open()
+                    if "loss" in line]
+    assert steps_logged == sorted(set(steps_logged))
+    assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_resume_refuses_a_different_config(data_dir, tmp_path):
+    cfg = tiny_config(optim={"max_steps": 4}, train={"valid_every": 2})
+    Trainer(config_from_dict(cfg), data_dir, tmp_path, log=lambda _: None).train()
+    changed = tiny_config(optim={"max_steps": 4, "lr": 0.5}, train={"valid_every": 2})
+    with pytest.raises(ConfigError, match="started with optim.lr=0.01, now 0.5"):
+        Trainer(config_from_dict(changed), data_dir, tmp_path, log=lambda _: None).train()
+    # Extending the budget is allowed and continues from step 4.
+    longer = tiny_config(optim={"max_steps": 6}, train={"valid_every": 2})
+    Trainer(config_from_dict(longer), data_dir, tmp_path, log=lambda _: None).train()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
+
+
+def test_bf16_training_tracks_fp32(data_dir, tmp_path):
+    ppl = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny_config(optim={"max_steps": 60}, train={"valid_every": 60,
+                                                          "precision": precision})
+        result = Trainer(config_from_dict(cfg), data_dir, tmp_path / precision,
+                         log=lambda _: None).train()
+        ppl[precision] = result["valid_ppl"]
+    assert ppl["bf16"] == pytest.approx(ppl["fp32"], rel=0.02)
