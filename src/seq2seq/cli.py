@@ -21,6 +21,8 @@ EXAMPLES = {
     "score": "seq2seq score --model runs/tatoeba/best.pt --src test.en --tgt test.fr",
     "evaluate": "seq2seq evaluate --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
                 "--ref data/tatoeba-en-fr/test.fr --beam 12 --json",
+    "serve": "seq2seq serve --model runs/tatoeba/best.pt --port 8000  "
+             "# then open http://127.0.0.1:8000/",
 }
 INPUT_CHUNK = 2000  # lines translated at a time, so memory does not grow with the input
 
@@ -104,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--hyps", metavar="FILE", help="also write the translations here")
+
+    p = verb("serve", "Serve translation over HTTP: a JSON API and a web page.", cmd_serve)
+    p.add_argument("--model", action="append", required=True, metavar="CKPT",
+                   help="checkpoint; repeat for an ensemble")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a request waits for others to share its batch (default 5)")
+    p.add_argument("--max-batch-sentences", type=int, default=64, metavar="N",
+                   help="sentences decoded together at most (default 64)")
+    p.add_argument("--no-batching", action="store_true",
+                   help="decode each request on its own, without waiting")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
+                   help="largest request body (default 1000000)")
+    p.add_argument("--max-sentences", type=int, default=256, metavar="N",
+                   help="sentences per request (default 256)")
+    p.add_argument("--max-chars", type=int, default=1000, metavar="N",
+                   help="characters per sentence (default 1000)")
     return parser
 
 
@@ -180,7 +202,7 @@ def cmd_translate(args) -> None:
         while chunk := list(islice(lines, INPUT_CHUNK)):
             results = translator.translate(
                 chunk, beam=args.beam, nbest=args.nbest, batch_size=args.batch_size,
-                max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+                max_len_a=args.max_len_a, max_len_b=args.max_len_b, first_line=offset + 1)
             for i, r in enumerate(results, start=offset):
                 if args.nbest == 1:
                     out.write(r.text + "\n")
@@ -227,6 +249,20 @@ def cmd_evaluate(args) -> None:
           f"{metrics['sentences']} sentences, beam {metrics['beam']}, "
           f"{metrics['sentences_per_second']} sent/s")
     print(metrics["bleu_signature"])
+
+
+def cmd_serve(args) -> None:
+    from seq2seq.serve import Batching, Limits, serve
+
+    _check_positive(args, "port", "max_batch_sentences", "max_body_bytes", "max_sentences",
+                    "max_chars")
+    if args.batch_wait_ms < 0:
+        raise Seq2SeqError(f"--batch-wait-ms must be at least 0, got {args.batch_wait_ms}")
+    limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars)
+    batching = (Batching.off() if args.no_batching
+                else Batching(args.batch_wait_ms, args.max_batch_sentences))
+    serve(args.model, host=args.host, port=args.port, device=args.device, limits=limits,
+          batching=batching)
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -83,10 +83,11 @@ class Translator:
 
     # ------------------------------------------------------------------ text <-> ids
 
-    def source_ids(self, sentences: Sequence[str]) -> list[list[int]]:
-        """Tokenized, id-mapped sources, cut to the model's max length (with a warning)."""
+    def source_ids(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
+        """Tokenized, id-mapped sources, cut to the model's max length (with a warning that
+        numbers the input lines from `first_line`)."""
         out = []
-        for number, line in enumerate(sentences, start=1):
+        for number, line in enumerate(sentences, start=first_line):
             ids = self.src_vocab.encode(self.src_tokenizer.tokenize(line))
             if len(ids) > self.max_len:
                 warn(f"input line {number}: {len(ids)} tokens, truncated to the model's "
@@ -105,10 +106,13 @@ class Translator:
 
     def translate(
         self, sentences: Sequence[str], beam: int = 12, nbest: int = 1, batch_size: int = 64,
-        max_len_a: float = 2.0, max_len_b: int = 10,
+        max_len_a: float = 2.0, max_len_b: int = 10, first_line: int = 1,
     ) -> list[Translation]:
-        """Translate raw sentences; beam 1 is greedy search. Empty inputs give empty outputs."""
-        sources = self.source_ids(sentences)
+        """Translate raw sentences; beam 1 is greedy search. Empty inputs give empty outputs.
+
+        `first_line` numbers the inputs in warnings (for callers that stream a file).
+        """
+        sources = self.source_ids(sentences, first_line)
         results: list[Translation] = [Translation("", 0.0, [("", 0.0)])] * len(sources)
         for idx in _length_batches(sources, batch_size):
             batch = [sources[i] for i in idx]

@@ -1,0 +1,396 @@
+"""A translation server: `seq2seq serve --model CKPT`, an HTTP API and a web page.
+
+    POST /translate  {"sentences": [...], "beam": 12, "nbest": 1} -> {"translations": [...]}
+    POST /score      {"sources": [...], "targets": [...]}         -> {"scores": [...]}
+    GET  /health     GET /  (the web page)     GET /openapi.json (the schema)
+
+Dynamic batching: translate requests that arrive within `batch_wait_ms` of each other are
+decoded together, one `Translator.translate` call per (beam, nbest), up to
+`max_batch_sentences` sentences. A batched LSTM step costs little more than a single one,
+so under load this multiplies throughput. The model runs on one thread off the event
+loop, one forward at a time; an error in a batch fails only the requests in that batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from seq2seq.translator import Translation, Translator
+
+MAX_BEAM = 64
+DECODE_BATCH = 64  # sentences per beam-search batch inside one translate call
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; larger requests are refused with a JSON error."""
+
+    max_body_bytes: int = 1_000_000
+    max_sentences: int = 256  # per request
+    max_chars: int = 1000  # per sentence
+
+
+@dataclass
+class Batching:
+    """How long the batch worker waits for company, and how much it takes at once."""
+
+    wait_ms: float = 5.0
+    max_sentences: int = 64
+
+    @classmethod
+    def off(cls) -> Batching:
+        """One request per model call, no waiting: the baseline for benchmarks."""
+        return cls(wait_ms=0.0, max_sentences=1)
+
+
+# ---------------------------------------------------------------------------- API schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TranslateRequest(_Strict):
+    sentences: list[str] = Field(description="raw source sentences")
+    beam: int = Field(12, ge=1, le=MAX_BEAM, description="beam size; 1 = greedy")
+    nbest: int = Field(1, ge=1, le=MAX_BEAM, description="hypotheses returned per sentence")
+
+
+class Hypothesis(BaseModel):
+    text: str
+    score: float = Field(description="log p(text </s> | source)")
+
+
+class TranslationOut(BaseModel):
+    text: str
+    score: float
+    nbest: list[Hypothesis]
+
+
+class TranslateResponse(BaseModel):
+    translations: list[TranslationOut]
+
+
+class ScoreRequest(_Strict):
+    sources: list[str]
+    targets: list[str]
+
+
+class ScoreResponse(BaseModel):
+    scores: list[float] = Field(description="log p(target </s> | source) per pair")
+
+
+class Health(BaseModel):
+    status: str
+    models: list[str]
+    device: str
+    batching: bool
+    requests: int = Field(description="translate requests answered so far")
+    batches: int = Field(description="translate calls made to the model for them")
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+@dataclass
+class _Pending:
+    sentences: list[str]
+    beam: int
+    nbest: int
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Collects translate requests and runs them through the model in shared batches.
+
+    `submit` may be called from any request handler on the event loop; one worker task
+    forms the batches and a single-thread executor runs the model, so at most one
+    forward pass runs at a time and the event loop stays free to accept requests.
+    """
+
+    def __init__(self, translator: Translator, batching: Batching):
+        self.translator = translator
+        self.batching = batching
+        self.requests = 0
+        self.batches = 0
+        self._pending: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seq2seq-model")
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def translate(self, sentences: list[str], beam: int, nbest: int) -> list[Translation]:
+        """Queue the sentences; their translations once their batch has been decoded."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(sentences, beam, nbest, future))
+        self._arrived.set()
+        return await future
+
+    async def run_model(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the model thread (for calls that are not batched, e.g. score)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            groups: dict[tuple[int, int], list[_Pending]] = {}
+            for item in batch:
+                groups.setdefault((item.beam, item.nbest), []).append(item)
+            for (beam, nbest), items in groups.items():
+                await self._decode(items, beam, nbest)
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Wait for a request, then up to `wait_ms` for more, until the batch is full."""
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batching.wait_ms / 1000
+        while self._queued_sentences() < self.batching.max_sentences:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                break
+        return self._take()
+
+    def _queued_sentences(self) -> int:
+        return sum(len(p.sentences) for p in self._pending)
+
+    def _take(self) -> list[_Pending]:
+        """Pending requests, oldest first, up to max_sentences (always at least one)."""
+        batch = [self._pending.popleft()]
+        size = len(batch[0].sentences)
+        while self._pending:
+            size += len(self._pending[0].sentences)
+            if size > self.batching.max_sentences:
+                break
+            batch.append(self._pending.popleft())
+        return batch
+
+    async def _decode(self, items: list[_Pending], beam: int, nbest: int) -> None:
+        """One translate call for all `items`; results (or the error) go to each future."""
+        sentences = [s for item in items for s in item.sentences]
+        try:
+            results = await self.run_model(self._translate, sentences, beam, nbest)
+        except Exception as err:  # noqa: BLE001 - the worker must outlive any one batch
+            for item in items:
+                _resolve(item.future, error=err)
+            return
+        self.batches += 1
+        start = 0
+        for item in items:
+            stop = start + len(item.sentences)
+            self.requests += 1
+            _resolve(item.future, results[start:stop])
+            start = stop
+
+    def _translate(self, sentences: list[str], beam: int, nbest: int) -> list[Translation]:
+        return self.translator.translate(sentences, beam=beam, nbest=nbest,
+                                         batch_size=DECODE_BATCH)
+
+
+def _resolve(future: asyncio.Future, result: Any = None,
+             error: BaseException | None = None) -> None:
+    if future.done():  # the client went away and its handler was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 before the app parses it.
+
+    Checks Content-Length up front and counts streamed (chunked) bodies as they arrive.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if int(length or 0) > self.max_bytes:
+            return await self._refuse(send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @property
+    def message(self) -> str:
+        return (f"request body is over the limit of {self.max_bytes} bytes "
+                "(--max-body-bytes)")
+
+    async def _refuse(self, send: Callable) -> None:
+        body = json.dumps({"detail": self.message}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _refuse(field_name: str, msg: str, kind: str, loc: tuple = ()) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, naming the field and the limit."""
+    return HTTPException(422, [{"loc": ["body", field_name, *loc], "msg": msg, "type": kind}])
+
+
+def check_sentences(sentences: list[str], field_name: str, limits: Limits) -> None:
+    """Raise a 422 naming the limit if there are too many sentences or one is too long."""
+    if len(sentences) > limits.max_sentences:
+        raise _refuse(field_name, f"{len(sentences)} sentences; at most "
+                      f"{limits.max_sentences} per request (--max-sentences)", "too_many")
+    for i, sentence in enumerate(sentences):
+        if len(sentence) > limits.max_chars:
+            raise _refuse(field_name, f"sentence {i} has {len(sentence)} characters; at most "
+                          f"{limits.max_chars} (--max-chars)", "too_long", (i,))
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def create_app(translator: Translator, limits: Limits | None = None,
+               batching: Batching | None = None, model_names: list[str] | None = None
+               ) -> FastAPI:
+    """The FastAPI application around a loaded `Translator` (run it with uvicorn)."""
+    limits, batching = limits or Limits(), batching or Batching()
+    batcher = Batcher(translator, batching)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="seq2seq", lifespan=lifespan,
+                  description="Deep-LSTM translation (Sutskever et al., 2014).")
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_exception_handler(Exception, _internal_error)
+    _add_routes(app, batcher, limits, model_names or [])
+    return app
+
+
+def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, model_names: list[str]) -> None:
+    translator = batcher.translator
+
+    @app.post("/translate", response_model=TranslateResponse)
+    async def translate(req: TranslateRequest) -> TranslateResponse:
+        check_sentences(req.sentences, "sentences", limits)
+        if req.nbest > req.beam:
+            raise _refuse("nbest", f"nbest ({req.nbest}) must not exceed beam ({req.beam})",
+                          "nbest_over_beam")
+        results = await batcher.translate(req.sentences, req.beam, req.nbest)
+        return TranslateResponse(translations=[_translation_out(r) for r in results])
+
+    @app.post("/score", response_model=ScoreResponse)
+    async def score(req: ScoreRequest) -> ScoreResponse:
+        check_sentences(req.sources, "sources", limits)
+        check_sentences(req.targets, "targets", limits)
+        if len(req.sources) != len(req.targets):
+            raise _refuse("targets", f"{len(req.targets)} targets for {len(req.sources)} "
+                          "sources; they must pair up", "length_mismatch")
+        scores = await batcher.run_model(translator.score, req.sources, req.targets)
+        return ScoreResponse(scores=scores)
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        return Health(status="ok", models=model_names, device=str(translator.ensemble.device),
+                      batching=batcher.batching.max_sentences > 1,
+                      requests=batcher.requests, batches=batcher.batches)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(files("seq2seq").joinpath("static/index.html").read_text("utf-8"))
+
+
+def _translation_out(t: Translation) -> TranslationOut:
+    return TranslationOut(text=t.text, score=t.score,
+                          nbest=[Hypothesis(text=x, score=s) for x, s in t.nbest])
+
+
+async def _internal_error(_: Request, err: Exception) -> JSONResponse:
+    """Any unexpected error: 500 with a JSON body; the server keeps serving."""
+    return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"[:500]},
+                        status_code=500)
+
+
+def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          limits: Limits | None = None, batching: Batching | None = None) -> None:
+    """Load the checkpoints (several = an ensemble) and serve them until interrupted."""
+    import uvicorn
+
+    translator = Translator.load(models, device=device)
+    app = create_app(translator, limits, batching, model_names=[str(m) for m in models])
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
+            timeout: float = 30.0) -> Iterator[str]:
+    """Serve `app` with uvicorn on a background thread inside a with-block; yields its URL.
+
+    Port 0 picks a free port. For tests, notebooks and benchmarks; `serve` is the CLI's.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _wait_started(server, thread, timeout)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
+
+
+def _wait_started(server, thread: threading.Thread, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)

@@ -1,0 +1,142 @@
+"""The command line: each bad input gives a one-line error and a non-zero exit."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from seq2seq.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def prepare_args(src, tgt, out):
+    return ["prepare", "--train-src", src, "--train-tgt", tgt, "--valid-src", src,
+            "--valid-tgt", tgt, "--out", out]
+
+
+def test_prepare_mismatched_line_counts(capsys, tmp_path):
+    (tmp_path / "a.en").write_text("a\nb\n")
+    (tmp_path / "a.fr").write_text("a\n")
+    code, _, err = run(capsys, *prepare_args(tmp_path / "a.en", tmp_path / "a.fr", tmp_path / "d"))
+    one_line_error(code, err, "a.en has 2 lines", "a.fr has 1")
+    assert not (tmp_path / "d").exists()
+
+
+def test_prepare_empty_corpus(capsys, tmp_path):
+    (tmp_path / "a.en").write_text("")
+    (tmp_path / "a.fr").write_text("")
+    code, _, err = run(capsys, *prepare_args(tmp_path / "a.en", tmp_path / "a.fr", tmp_path / "d"))
+    one_line_error(code, err, "empty corpus")
+
+
+def test_prepare_invalid_utf8(capsys, tmp_path):
+    (tmp_path / "a.en").write_text("a\nb\nc\n")
+    (tmp_path / "a.fr").write_bytes(b"a\nb\n\xc3\x28\n")
+    code, _, err = run(capsys, *prepare_args(tmp_path / "a.en", tmp_path / "a.fr", tmp_path / "d"))
+    one_line_error(code, err, "a.fr line 3: invalid UTF-8")
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ("model: {layers: 4}", "unknown key model.layers"),
+    ("optim: {lr: '0.7x'}", "optim.lr must be float"),
+    ("batching: {batch_size: many}", "batching.batch_size must be int"),
+])
+def test_train_bad_config(capsys, tmp_path, data_dir, config, fragment):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config)
+    code, _, err = run(capsys, "train", cfg, "--data", data_dir, "--out", tmp_path / "r")
+    one_line_error(code, err, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_bad_override(capsys, tmp_path, data_dir):
+    code, _, err = run(capsys, "train", "configs/tatoeba-cpu.yaml", "optim.lr=fast", "--data",
+                       data_dir, "--out", tmp_path / "r")
+    one_line_error(code, err, "optim.lr must be float")
+
+
+def test_train_dry_run_counts_the_paper_model(capsys):
+    code, out, _ = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run")
+    assert code == 0
+    assert "384,144,000" in out and "(384.1M)" in out
+    assert "recurrent" in out and "64,064,000" in out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "missing"])
+def test_translate_bad_checkpoint(capsys, tmp_path, trained_run, damage):
+    path = tmp_path / "model.pt"
+    if damage == "truncated":
+        path.write_bytes((trained_run / "best.pt").read_bytes()[:3000])
+    elif damage == "foreign":
+        import torch
+
+        torch.save({"state_dict": {}}, path)
+    code, _, err = run(capsys, "translate", "--model", path, "--input", trained_run / "x")
+    fragment = {"truncated": "truncated or corrupt", "foreign": "not a seq2seq checkpoint",
+                "missing": "checkpoint not found"}[damage]
+    one_line_error(code, err, "model.pt", fragment)
+
+
+def test_translate_keeps_empty_lines_in_place_and_truncates_long_ones(capsys, tmp_path,
+                                                                      trained_run):
+    src = tmp_path / "in.en"
+    src.write_text("Tom is here.\n\nI like cats.\n   \n" + "very " * 300 + "long.\n")
+    code, out, err = run(capsys, "translate", "--model", trained_run / "best.pt", "--input",
+                         src, "--beam", 2)
+    assert code == 0
+    lines = out.split("\n")
+    assert len(lines) == 6 and lines[5] == ""
+    assert lines[1] == "" and lines[3] == ""
+    assert lines[0] and lines[2]
+    assert "input line 5: 302 tokens, truncated to the model's limit of 200" in err
+
+
+def test_translate_nbest_format(capsys, tmp_path, trained_run):
+    src = tmp_path / "in.en"
+    src.write_text("Tom is here.\nI like cats.\n")
+    code, out, _ = run(capsys, "translate", "--model", trained_run / "best.pt", "--input", src,
+                       "--beam", 3, "--nbest", 3)
+    assert code == 0
+    rows = [line.split(" ||| ") for line in out.splitlines()]
+    assert [r[0] for r in rows] == ["0"] * 3 + ["1"] * 3
+    scores = [float(r[2]) for r in rows[:3]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_translate_reads_stdin(trained_run):
+    proc = subprocess.run(
+        [sys.executable, "-m", "seq2seq", "translate", "--model", str(trained_run / "best.pt"),
+         "--beam", "1"], input=b"Tom is here.\n\xff\n", capture_output=True)
+    assert proc.returncode == 2
+    assert b"<stdin> line 2: invalid UTF-8" in proc.stderr
+
+
+def test_evaluate_json(capsys, corpus, trained_run):
+    code, out, _ = run(capsys, "evaluate", "--model", trained_run / "best.pt", "--src",
+                       corpus["valid_src"], "--ref", corpus["valid_tgt"], "--beam", 2, "--json")
+    assert code == 0
+    metrics = json.loads(out)
+    assert metrics["sentences"] == 100 and metrics["beam"] == 2
+    assert 0 <= metrics["bleu"] <= 100 and metrics["ppl"] > 1
+
+
+def test_score_prints_one_log_probability_per_pair(capsys, corpus, trained_run):
+    code, out, _ = run(capsys, "score", "--model", trained_run / "best.pt", "--src",
+                       corpus["valid_src"], "--tgt", corpus["valid_tgt"])
+    assert code == 0
+    scores = [float(x) for x in out.split()]
+    assert len(scores) == 100 and all(s < 0 for s in scores)

@@ -1,0 +1,62 @@
+import pytest
+
+from seq2seq.data import DataDir
+from seq2seq.evaluate import bleu_chrf, perplexity, tokenized_bleu
+from seq2seq.translator import Translator
+
+SENTENCES = ["Tom is here.", "I like cats very much.", "Where is the station?", "Go!",
+             "We have to talk about what happened yesterday."]
+
+
+def test_batched_translation_equals_one_sentence_at_a_time(translator):
+    batched = translator.translate(SENTENCES, beam=4, batch_size=3)
+    for sentence, result in zip(SENTENCES, batched):
+        (alone,) = translator.translate([sentence], beam=4)
+        assert alone.text == result.text
+        assert alone.score == pytest.approx(result.score, abs=1e-4)
+
+
+def test_beam_one_equals_greedy_on_a_trained_model(translator):
+    greedy = translator.translate(SENTENCES, beam=1)
+    beam = translator.translate(SENTENCES, beam=1, nbest=1)
+    assert [t.text for t in greedy] == [t.text for t in beam]
+
+
+def test_ensemble_of_one_checkpoint_twice_equals_the_checkpoint(trained_run, translator):
+    pair = Translator.load([trained_run / "best.pt"] * 2, device="cpu")
+    assert [t.text for t in pair.translate(SENTENCES, beam=3)] == [
+        t.text for t in translator.translate(SENTENCES, beam=3)]
+
+
+def test_encode_gives_sentence_vectors(translator):
+    top = translator.encode(SENTENCES)
+    every = translator.encode(SENTENCES, layers="all")
+    assert top.shape == (5, 32) and every.shape == (5, 64)
+    assert (every[:, 32:] == top).all()
+    (single,) = translator.encode(SENTENCES[1:2])
+    assert single == pytest.approx(top[1], abs=1e-6)
+
+
+def test_perplexity_agrees_with_training_validation(trained_run, corpus, data_dir, translator):
+    import json
+
+    valid = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()
+             if "valid_ppl" in line]
+    best = min(r["valid_ppl"] for r in valid)
+    sources = corpus["valid_src"].read_text().splitlines()
+    refs = corpus["valid_tgt"].read_text().splitlines()
+    assert len(DataDir(data_dir).split("valid")) == len(sources)
+    assert perplexity(translator, sources, refs) == pytest.approx(best, rel=1e-3)
+
+
+def test_bleu_of_references_against_themselves():
+    refs = ["Le chat est là.", "Il pleut des cordes aujourd'hui."]
+    assert bleu_chrf(refs, refs)["bleu"] == pytest.approx(100)
+    assert tokenized_bleu(refs, refs, "fr") == pytest.approx(100)
+    assert bleu_chrf(["x y z"] * 2, refs)["bleu"] < 1
+
+
+def test_tokenized_bleu_by_hand():
+    # 5 tokens, the last one wrong: n-gram precisions 4/5, 3/4, 2/3, 1/2; equal lengths.
+    score = tokenized_bleu(["le chat noir dort bien"], ["le chat noir dort mal"], "fr")
+    assert score == pytest.approx(100 * (4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25, abs=1e-6)
