@@ -55,3 +55,13 @@ def test_vocabulary_ranks_by_count_then_alphabet(tmp_path):
     assert vocab.decode([4, 5, EOS_ID, 6]) == ["c", "a"]
     vocab.save(tmp_path / "v")
     assert Vocabulary.load(tmp_path / "v") == vocab
+
+
+def test_damaged_gzip_is_reported(tmp_path):
+    import gzip
+
+    p = tmp_path / "c.en.gz"
+    text = "".join(f"{i * 7919 % 100003} {i}\n" for i in range(20000)).encode()
+    p.write_bytes(gzip.compress(text)[:2000])
+    with pytest.raises(DataError, match="c.en.gz: unreadable after line"):
+        list(read_lines(p))

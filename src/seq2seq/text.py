@@ -120,15 +120,20 @@ def read_lines(path: str | Path) -> Iterator[str]:
 
     Raises DataError naming the file and line on invalid UTF-8.
     """
-    with open_binary(path) as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise DataError(
-                    f"{path} line {number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} "
-                    f"at column {err.start + 1})"
-                ) from None
+    number = 0
+    try:
+        with open_binary(path) as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as err:
+                    raise DataError(
+                        f"{path} line {number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} "
+                        f"at column {err.start + 1})"
+                    ) from None
+                yield line
+    except (OSError, EOFError, lzma.LZMAError) as err:  # damaged .gz/.xz, I/O errors
+        raise DataError(f"{path}: unreadable after line {number}: {err}") from None
 
 
 def read_pairs(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
