@@ -21,6 +21,10 @@ EXAMPLES = {
     "score": "seq2seq score --model runs/tatoeba/best.pt --src test.en --tgt test.fr",
     "evaluate": "seq2seq evaluate --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
                 "--ref data/tatoeba-en-fr/test.fr --beam 12 --json",
+    "rescore": "seq2seq rescore --model runs/tatoeba/best.pt --src test.en --nbest test.nbest "
+               "--weight 0.5 --one-best",
+    "plot": "seq2seq plot length --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
+            "--ref data/tatoeba-en-fr/test.fr --out plots/length",
     "serve": "seq2seq serve --model runs/tatoeba/best.pt --port 8000  "
              "# then open http://127.0.0.1:8000/",
 }
@@ -106,6 +110,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--hyps", metavar="FILE", help="also write the translations here")
+    p.add_argument("--by-length", action="store_true",
+                   help="also print BLEU by source length (Figure 3, left)")
+
+    p = verb("rescore", "Re-rank an n-best list with the model's log p(T|S) (Table 2).",
+             cmd_rescore)
+    _model_args(p, decoding=False)
+    p.add_argument("--src", required=True, metavar="FILE", help="the source sentences")
+    p.add_argument("--nbest", required=True, metavar="FILE",
+                   help="lines 'index ||| hypothesis ||| score' (Moses n-best format)")
+    p.add_argument("--weight", type=float, default=0.5, metavar="W",
+                   help="combined = W * log p(T|S) + (1 - W) * list score (default 0.5)")
+    p.add_argument("--one-best", action="store_true",
+                   help="print only the best hypothesis of each source")
+
+    p = verb("plot", "Figure 2 (pca) and Figure 3 (length, rarity) of the paper.", cmd_plot)
+    p.add_argument("kind", choices=("pca", "length", "rarity"))
+    _model_args(p)
+    p.add_argument("--out", required=True, metavar="PREFIX",
+                   help="writes PREFIX.png and PREFIX.svg (and PREFIX.json for length/rarity)")
+    p.add_argument("--phrases", metavar="FILE", help="pca: one phrase per line")
+    p.add_argument("--layers", choices=("top", "all"), default="top",
+                   help="pca: top layer's h, or all layers' h concatenated")
+    p.add_argument("--src", metavar="FILE", help="length/rarity: test sources")
+    p.add_argument("--ref", metavar="FILE", help="length/rarity: references")
+    p.add_argument("--hyps", metavar="FILE",
+                   help="length/rarity: existing translations (else they are made)")
+    p.add_argument("--buckets", type=int, default=8, metavar="N",
+                   help="rarity: number of equal-size buckets (default 8)")
+    p.add_argument("--width", type=int, default=5, metavar="N",
+                   help="length: bucket width in tokens (default 5)")
 
     p = verb("serve", "Serve translation over HTTP: a JSON API and a web page.", cmd_serve)
     p.add_argument("--model", action="append", required=True, metavar="CKPT",
@@ -241,9 +275,18 @@ def cmd_evaluate(args) -> None:
     metrics["models"] = args.model
     if args.hyps:
         Path(args.hyps).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    if args.by_length:
+        from seq2seq import analysis
+
+        lengths = [len(s) for s in translator.source_ids(sources)]
+        buckets = analysis.bleu_by_bucket(lengths, hyps, refs,
+                                          analysis.length_buckets(lengths))
+        metrics["by_length"] = json.loads(analysis.buckets_to_json(buckets, "source length"))
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
+    if args.by_length:
+        print(analysis.buckets_table(buckets, "src length"))
     print(f"BLEU {metrics['bleu']:.2f} | chrF {metrics['chrf']:.2f} | tokenized BLEU "
           f"{metrics['tok_bleu']:.2f} | perplexity {metrics['ppl']:.2f} | "
           f"{metrics['sentences']} sentences, beam {metrics['beam']}, "
@@ -263,6 +306,66 @@ def cmd_serve(args) -> None:
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
     serve(args.model, host=args.host, port=args.port, device=args.device, limits=limits,
           batching=batching)
+
+
+def cmd_rescore(args) -> None:
+    from seq2seq.analysis import read_nbest, rescore
+    from seq2seq.text import read_lines
+
+    translator = _load(args)
+    ranked = rescore(read_nbest(args.nbest), list(read_lines(args.src)), translator,
+                     args.weight)
+    seen = set()
+    for e in ranked:
+        if args.one_best:
+            if e.source not in seen:
+                print(e.text)
+            seen.add(e.source)
+        else:
+            print(f"{e.source} ||| {e.text} ||| {e.score:.4f} {e.model_score:.4f} ||| "
+                  f"{e.combined:.4f}")
+
+
+def cmd_plot(args) -> None:
+    from seq2seq import analysis
+    from seq2seq.text import read_lines, read_pairs
+
+    translator = _load(args)
+    if args.kind == "pca":
+        if not args.phrases:
+            raise Seq2SeqError("plot pca needs --phrases FILE")
+        phrases = [p for p in read_lines(args.phrases) if p.strip()]
+        points = analysis.pca_2d(translator.encode(phrases, layers=args.layers))
+        paths = analysis.plot_pca(points, phrases, "Encoder final states, 2-D PCA",
+                                  Path(args.out))
+        print("\n".join(map(str, paths)))
+        return
+    if not args.src or not args.ref:
+        raise Seq2SeqError(f"plot {args.kind} needs --src FILE and --ref FILE")
+    sources, refs = zip(*read_pairs(args.src, args.ref))
+    if args.hyps:
+        hyps = list(read_lines(args.hyps))
+        if len(hyps) != len(sources):
+            raise DataError(f"{args.hyps} has {len(hyps)} lines but {args.src} has "
+                            f"{len(sources)}")
+    else:
+        hyps = [t.text for t in translator.translate(sources, beam=args.beam,
+                                                     batch_size=args.batch_size)]
+    tokens = [translator.src_tokenizer.tokenize(s) for s in sources]
+    if args.kind == "length":
+        keys = [len(t) for t in tokens]
+        ranges, xlabel = analysis.length_buckets(keys, args.width), "source length (tokens)"
+    else:
+        keys = [analysis.mean_frequency_rank(t, translator.src_vocab) for t in tokens]
+        ranges = analysis.equal_count_buckets(keys, args.buckets)
+        xlabel = "mean frequency rank of the source words"
+    buckets = analysis.bleu_by_bucket(keys, hyps, refs, ranges)
+    out = Path(args.out)
+    paths = analysis.plot_buckets(buckets, xlabel, f"BLEU by {xlabel}", out)
+    json_path = out.with_suffix(".json")
+    json_path.write_text(analysis.buckets_to_json(buckets, xlabel) + "\n")
+    print(analysis.buckets_table(buckets, args.kind))
+    print("\n".join(map(str, [*paths, json_path])))
 
 
 # ---------------------------------------------------------------------------- helpers

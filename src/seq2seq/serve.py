@@ -118,9 +118,9 @@ class _Pending:
 class Batcher:
     """Collects translate requests and runs them through the model in shared batches.
 
-    `submit` may be called from any request handler on the event loop; one worker task
-    forms the batches and a single-thread executor runs the model, so at most one
-    forward pass runs at a time and the event loop stays free to accept requests.
+    Request handlers await `translate`; one worker task on the event loop forms the
+    batches and a single-thread executor runs the model, so at most one forward pass runs
+    at a time and the event loop stays free to accept requests.
     """
 
     def __init__(self, translator: Translator, batching: Batching):
@@ -199,7 +199,7 @@ class Batcher:
         sentences = [s for item in items for s in item.sentences]
         try:
             results = await self.run_model(self._translate, sentences, beam, nbest)
-        except Exception as err:  # noqa: BLE001 - the worker must outlive any one batch
+        except Exception as err:  # the worker must outlive any one failing batch
             for item in items:
                 _resolve(item.future, error=err)
             return
@@ -302,7 +302,8 @@ def create_app(translator: Translator, limits: Limits | None = None,
         yield
         await batcher.stop()
 
-    app = FastAPI(title="seq2seq", lifespan=lifespan,
+    # No /docs or /redoc: FastAPI's pages load scripts from a CDN; we serve everything.
+    app = FastAPI(title="seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Deep-LSTM translation (Sutskever et al., 2014).")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_exception_handler(Exception, _internal_error)

@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+
+from seq2seq.analysis import (
+    NbestEntry,
+    bleu_by_bucket,
+    equal_count_buckets,
+    length_buckets,
+    mean_frequency_rank,
+    pca_2d,
+    read_nbest,
+    rescore,
+)
+from seq2seq.cli import main
+from seq2seq.errors import DataError
+from seq2seq.vocab import Vocabulary
+
+REF = ["le chat dort", "le chien mange sa soupe", "il pleut", "nous partons demain matin tôt"]
+
+
+def test_length_buckets_by_hand():
+    assert length_buckets([1, 2, 6, 7, 11], width=5) == [(1, 6), (6, 11), (11, 16)]
+    keys = [1, 2, 6, 7]
+    hyps = [REF[0], REF[1], "x y", "a b c d"]  # bucket 1 right, bucket 2 all wrong
+    buckets = bleu_by_bucket(keys, hyps, REF, [(1, 6), (6, 11)])
+    assert [b.sentences for b in buckets] == [2, 2]
+    assert buckets[0].bleu == pytest.approx(100) and buckets[1].bleu == pytest.approx(0)
+
+
+def test_frequency_ranks_by_hand():
+    vocab = Vocabulary(["<pad>", "<unk>", "<s>", "</s>", "the", "cat", "dog"])
+    assert mean_frequency_rank(["the", "dog", "zebra"], vocab) == pytest.approx((1 + 3 + 4) / 3)
+    assert mean_frequency_rank(["cat"], vocab) == 2
+
+
+def test_equal_count_buckets_split_evenly():
+    ranges = equal_count_buckets(list(range(1, 9)), count=4)
+    counts = [sum(lo <= v < hi for v in range(1, 9)) for lo, hi in ranges]
+    assert counts == [2, 2, 2, 2]
+
+
+def test_pca_finds_the_direction_of_largest_variance():
+    vectors = np.array([[1.0, 0, 0], [-1, 0, 0], [0, 2, 0], [0, -2, 0]])
+    points = pca_2d(vectors)
+    assert np.abs(points[2:, 0]) == pytest.approx([2, 2])
+    assert np.abs(points[:2, 1]) == pytest.approx([1, 1])
+    with pytest.raises(DataError):
+        pca_2d(vectors[:1])
+
+
+def test_rescoring_by_hand(translator):
+    sources = ["Tom is here.", "I like cats."]
+    best = [t.text for t in translator.translate(sources, beam=4)]
+    # The list puts garbage first; the model prefers its own beam-search output.
+    entries = [NbestEntry(0, "chat chat chat chat chat", -1.0), NbestEntry(0, best[0], -5.0),
+               NbestEntry(1, best[1], -9.0), NbestEntry(1, "le le le le le le le", -2.0)]
+    model_only = rescore(list(entries), sources, translator, weight=1.0)
+    assert [e.text for e in model_only] == [best[0], entries[0].text, best[1], entries[3].text]
+    list_only = rescore(list(entries), sources, translator, weight=0.0)
+    assert [e.text for e in list_only] == [entries[0].text, best[0], entries[3].text, best[1]]
+    for e in rescore(list(entries), sources, translator, weight=0.5):
+        assert e.combined == pytest.approx(0.5 * e.model_score + 0.5 * e.score)
+
+
+def test_read_nbest_format(tmp_path):
+    path = tmp_path / "n.txt"
+    path.write_text("0 ||| le chat ||| -1.5\n0 ||| un chat ||| f=1 2 ||| -2.0\n")
+    assert [(e.source, e.text, e.score) for e in read_nbest(path)] == [
+        (0, "le chat", -1.5), (0, "un chat", -2.0)]
+    path.write_text("0 ||| le chat\n")
+    with pytest.raises(DataError, match="n.txt line 1"):
+        read_nbest(path)
+
+
+def test_plot_commands_write_readable_files(capsys, tmp_path, trained_run, corpus):
+    model = str(trained_run / "best.pt")
+    src, ref = str(corpus["valid_src"]), str(corpus["valid_tgt"])
+    for kind in ("length", "rarity"):
+        code = main(["plot", kind, "--model", model, "--src", src, "--ref", ref, "--beam", "1",
+                     "--out", str(tmp_path / kind)])
+        assert code == 0
+        assert (tmp_path / f"{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / f"{kind}.svg").exists()
+        data = json.loads((tmp_path / f"{kind}.json").read_text())
+        assert sum(b["sentences"] for b in data["buckets"]) == 100
+    code = main(["plot", "pca", "--model", model, "--phrases", "examples/phrases.en",
+                 "--out", str(tmp_path / "pca")])
+    assert code == 0 and (tmp_path / "pca.png").stat().st_size > 10_000
+    capsys.readouterr()
+    code = main(["evaluate", "--model", model, "--src", src, "--ref", ref, "--beam", "1",
+                 "--by-length"])
+    assert code == 0 and "src length | sentences |  BLEU" in capsys.readouterr().out

@@ -1,0 +1,206 @@
+"""The translation server, over real HTTP on a loopback port, with the tiny trained model."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from seq2seq.serve import Batching, Limits, create_app, running
+from seq2seq.translator import Translator
+
+SENTENCES = ["Tom is here.", "I like cats very much.", "Where is the station?", "Go!",
+             "We have to talk about what happened yesterday.", "It's raining.",
+             "Do you speak French?", "I don't know.", "She is reading a book.", "Thank you."]
+LIMITS = Limits(max_body_bytes=20_000, max_sentences=8, max_chars=100)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run) -> str:
+    """The URL of a running server with its own copy of the tiny model."""
+    model = trained_run / "best.pt"
+    translator = Translator.load(model, device="cpu")
+    app = create_app(translator, LIMITS, Batching(wait_ms=5, max_sentences=32), [str(model)])
+    with running(app) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server) -> httpx.Client:
+    with httpx.Client(base_url=server, timeout=30) as c:
+        yield c
+
+
+def error_text(response: httpx.Response) -> str:
+    return json.dumps(response.json()["detail"])
+
+
+def test_translate_matches_the_offline_translator(client, translator):
+    response = client.post("/translate", json={"sentences": SENTENCES[:4], "beam": 3,
+                                               "nbest": 2})
+    assert response.status_code == 200
+    got = response.json()["translations"]
+    for offline, served in zip(translator.translate(SENTENCES[:4], beam=3, nbest=2), got):
+        assert served["text"] == offline.text
+        assert served["score"] == pytest.approx(offline.score, abs=1e-4)
+        assert [h["text"] for h in served["nbest"]] == [t for t, _ in offline.nbest]
+        assert len(served["nbest"]) == 2
+
+
+def test_translate_defaults_to_the_papers_beam_and_one_best(client, translator):
+    (served,) = client.post("/translate", json={"sentences": ["Go!"]}).json()["translations"]
+    (offline,) = translator.translate(["Go!"], beam=12)
+    assert served["text"] == offline.text
+    assert len(served["nbest"]) == 1
+
+
+def test_empty_request_and_empty_sentence(client):
+    assert client.post("/translate", json={"sentences": []}).json() == {"translations": []}
+    (empty,) = client.post("/translate", json={"sentences": [""], "beam": 2}).json()[
+        "translations"]
+    assert empty["text"] == ""
+
+
+def test_score_matches_the_offline_translator(client, translator):
+    targets = ["Tom est ici.", "J'aime beaucoup les chats."]
+    response = client.post("/score", json={"sources": SENTENCES[:2], "targets": targets})
+    assert response.status_code == 200
+    expected = translator.score(SENTENCES[:2], targets)
+    assert response.json()["scores"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_needs_as_many_targets_as_sources(client):
+    response = client.post("/score", json={"sources": ["a", "b"], "targets": ["a"]})
+    assert response.status_code == 422
+    assert "targets" in error_text(response)
+
+
+def test_health_and_openapi(client, trained_run):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["device"] == "cpu"
+    assert health["models"] == [str(trained_run / "best.pt")] and health["batching"]
+    schema = client.get("/openapi.json").json()
+    assert {"/translate", "/score", "/health"} <= set(schema["paths"])
+    assert "TranslateRequest" in schema["components"]["schemas"]
+
+
+def test_web_page_is_served_without_external_resources(client):
+    response = client.get("/")
+    assert response.status_code == 200 and "text/html" in response.headers["content-type"]
+    page = response.text
+    assert 'id="translate"' in page and "fetch(\"/translate\"" in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_too_large_body_is_413_naming_the_limit(client):
+    body = json.dumps({"sentences": ["x" * 50] * 500}).encode()
+    response = client.post("/translate", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "20000 bytes" in response.json()["detail"]
+
+
+def test_too_large_streamed_body_is_413(client):
+    chunks = (b'{"sentences": [' if i == 0 else b'"xxxxxxxxxx",' for i in range(3000))
+    response = client.post("/translate", content=chunks,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "20000 bytes" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body, status, names", [
+    ({"sentences": ["Go!"] * 9}, 422, ["sentences", "9 sentences", "at most 8"]),
+    ({"sentences": ["Go!", "a" * 101]}, 422, ["sentences", "101 characters", "at most 100"]),
+    ({"sentences": ["Go!"], "beam": 0}, 422, ["beam"]),
+    ({"sentences": ["Go!"], "beam": 65}, 422, ["beam", "64"]),
+    ({"sentences": ["Go!"], "beam": 2, "nbest": 3}, 422, ["nbest", "beam"]),
+    ({"sentences": "Go!"}, 422, ["sentences"]),
+    ({"sentences": [1, 2]}, 422, ["sentences"]),
+    ({"sentences": ["Go!"], "beam": "wide"}, 422, ["beam"]),
+    ({"sentence": ["Go!"]}, 422, ["sentences", "missing"]),
+])
+def test_bad_requests_are_refused_naming_the_field(client, body, status, names):
+    response = client.post("/translate", json=body)
+    assert response.status_code == status
+    text = error_text(response)
+    for name in names:
+        assert name in text
+
+
+def test_malformed_json_is_422(client):
+    response = client.post("/translate", content=b'{"sentences": ["Go!"',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "JSON" in error_text(response)
+
+
+def test_server_survives_bad_requests(client):
+    assert client.post("/translate", json={"sentences": ["Go!"], "beam": 1}).status_code == 200
+
+
+def test_concurrent_clients_get_the_offline_answers(client, translator):
+    """50 clients x 20 requests, mixed beams: every answer as if translated alone."""
+    requests = [(SENTENCES[i % 10:i % 10 + 1 + i % 3], 1 + i % 2) for i in range(1000)]
+    expected = {(s, beam): translator.translate([s], beam=beam)[0]
+                for s, beam in itertools.product(SENTENCES, (1, 2))}
+    before = client.get("/health").json()
+
+    def one_client(start: int) -> list[tuple[list[str], int, dict]]:
+        with httpx.Client(base_url=str(client.base_url), timeout=60) as c:
+            out = []
+            for sentences, beam in requests[start:start + 20]:
+                r = c.post("/translate", json={"sentences": sentences, "beam": beam})
+                out.append((sentences, beam, r.json()))
+            return out
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = [a for chunk in pool.map(one_client, range(0, 1000, 20)) for a in chunk]
+    assert len(answers) == 1000
+    for sentences, beam, body in answers:
+        for s, served in zip(sentences, body["translations"], strict=True):
+            assert served["text"] == expected[s, beam].text
+            assert served["score"] == pytest.approx(expected[s, beam].score, abs=1e-4)
+    after = client.get("/health").json()
+    assert after["requests"] - before["requests"] == 1000
+    assert after["batches"] - before["batches"] < 1000  # requests did share model calls
+
+
+class BrokenOnSomeInputs(Translator):
+    """A real translator that fails, as a bug would, on one particular sentence."""
+
+    def translate(self, sentences, *args, **kwargs):
+        if "boom" in sentences:
+            raise RuntimeError("kaboom")
+        return super().translate(sentences, *args, **kwargs)
+
+
+def test_a_failing_batch_fails_only_its_requests(trained_run):
+    broken = BrokenOnSomeInputs.load(trained_run / "best.pt", device="cpu")
+    app = create_app(broken, batching=Batching(wait_ms=20, max_sentences=64))
+    with running(app) as url, ThreadPoolExecutor(4) as pool:
+        def post(sentences: list[str], beam: int) -> httpx.Response:
+            return httpx.post(f"{url}/translate", json={"sentences": sentences, "beam": beam},
+                              timeout=30)
+
+        bad = pool.submit(post, ["boom"], 2)
+        good = pool.submit(post, ["Go!"], 1)  # another (beam, nbest) group: its own call
+        assert bad.result().status_code == 500
+        assert "kaboom" in bad.result().json()["detail"]
+        assert good.result().status_code == 200
+        assert post(["Go!"], 2).status_code == 200  # the worker is still running
+
+
+def test_without_batching_each_request_is_its_own_model_call(trained_run, translator):
+    app = create_app(Translator.load(trained_run / "best.pt", device="cpu"),
+                     batching=Batching.off())
+    with running(app) as url, ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda s: httpx.post(
+            f"{url}/translate", json={"sentences": [s], "beam": 2}, timeout=30).json(),
+            SENTENCES * 2))
+        health = httpx.get(f"{url}/health").json()
+    assert health["requests"] == health["batches"] == 20 and not health["batching"]
+    for s, body in zip(SENTENCES * 2, answers):
+        assert body["translations"][0]["text"] == translator.translate([s], beam=2)[0].text
