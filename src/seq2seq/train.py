@@ -79,6 +79,8 @@ class Trainer:
         self.model.to(self.device)
         self.net = self.model
         if self.world > 1:
+            # Same initial weights on every rank, but each rank its own dropout masks.
+            torch.manual_seed(cfg.train.seed + self.rank)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = _make_optimizer(self.model, cfg.optim)
@@ -93,6 +95,8 @@ class Trainer:
         """Train until the epoch budget (or max_steps) is spent; returns the last validation."""
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.pt.tmp-*"):  # a save cut short by a kill
+                stale.unlink()
         self._resume_or_start()
         cfg = self.cfg
         total = self._total_steps()
@@ -126,7 +130,10 @@ class Trainer:
         lr = learning_rate(cfg.optim, self._epoch())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        local = self._shard(batch).to(self.device, non_blocking=True)
+        local = self._shard(batch)
+        if self.device.type == "cuda":  # page-locked memory lets the copy overlap compute
+            local = local.pin_memory()
+        local = local.to(self.device, non_blocking=True)
         self.model.train()
         with autocast(self.device, cfg.train.precision):
             nll = self.net(local.src, local.src_lens, local.tgt_in, local.tgt_out,
@@ -138,15 +145,19 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = float("nan")
         if cfg.optim.clip_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                             cfg.optim.clip_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.optim.clip_norm, foreach=True))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.pos.step += 1
         self.pos.batch += 1
-        src_tokens, tgt_tokens = local.num_tokens()
-        return {"nll": float(nll.detach()), "tgt_tokens": tgt_tokens, "src_tokens": src_tokens,
-                "sentences": local.size, "lr": lr, "grad_norm": grad_norm}
+        # Report the global batch, not this rank's share of it.
+        nll = nll.detach().clone()
+        if self.world > 1:
+            dist.all_reduce(nll)
+        src_tokens, tgt_tokens = batch.num_tokens()
+        return {"nll": float(nll), "tgt_tokens": tgt_tokens, "src_tokens": src_tokens,
+                "sentences": batch.size, "lr": lr, "grad_norm": grad_norm}
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
@@ -227,19 +238,28 @@ class Trainer:
         if training:
             state.update(
                 optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                position=vars(self.pos).copy(),
-                rng={"torch": torch.get_rng_state(), "python": random.getstate(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
-                     else []},
+                position=vars(self.pos).copy(), rng=self._rng_states(),
             )
         return state
 
     def save(self, name: str, training: bool = True) -> None:
+        state = self.checkpoint_state(training)  # on every rank: it gathers the RNG states
         if self.rank == 0:
-            save_checkpoint(self.checkpoint_state(training), self.run_dir / name)
+            save_checkpoint(state, self.run_dir / name)
+
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """The RNG states of all ranks, rank r's at index r (each draws its own dropout)."""
+        mine = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if self.world == 1:
+            return [mine]
+        states: list[dict[str, Any]] = [{}] * self.world
+        dist.all_gather_object(states, mine)
+        return states
 
     def _validate_and_save(self) -> dict[str, Any]:
-        record = {"step": self.pos.step, "epoch": round(self._epoch(), 4), **self.validate()}
+        record = {"step": self.pos.step, "epoch": round(self._epoch(), 4), **self.validate(),
+                  "peak_rss_mb": round(_peak_rss_mb())}
         improved = record["valid_ppl"] < self.best_valid_ppl
         if improved:
             self.best_valid_ppl = record["valid_ppl"]
@@ -248,7 +268,8 @@ class Trainer:
         record["best"] = improved
         self._write_metrics(record)
         self.log(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
-                 f"{record['valid_ppl']:.2f}" + (" (best)" if improved else ""))
+                 f"{record['valid_ppl']:.2f}" + (" (best)" if improved else "")
+                 + f" | peak RSS {record['peak_rss_mb']:,} MB")
         return record
 
     def _resume_or_start(self) -> None:
@@ -273,10 +294,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.pos = Position(**state["position"])
         self.best_valid_ppl = state["best_valid_ppl"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rng"][self.rank % len(state["rng"])]  # more ranks than saved: reuse
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if rng["cuda"]:
+            torch.cuda.set_rng_state_all(rng["cuda"])
         if self.rank == 0:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.pos.step)
         self.log(f"resumed {last} at step {self.pos.step} (epoch {self.pos.epoch}, "
@@ -308,6 +330,13 @@ def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer:

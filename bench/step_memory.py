@@ -1,0 +1,84 @@
+"""Peak memory and time of ONE training step of the paper's full model on this CPU.
+
+Builds `configs/sutskever2014.yaml` (4 x 1000 LSTMs, 160k / 80k words, 384M parameters),
+feeds random token ids (batch 128, 30 source and 30 target tokens, so 128 x 31 = 3,968
+target positions with </s>), and runs forward + backward + clipping + SGD once, fp32,
+in a fresh process per setting, reporting that process's peak RSS (ru_maxrss):
+
+- `loss_chunk=N`: the project's output layer (`chunked_nll`), N positions at a time;
+- `autograd`: the textbook output layer (full logits, log_softmax, autograd backward),
+  i.e. what the chunked layer replaces.
+
+    .venv/bin/python bench/step_memory.py                 # all settings
+    .venv/bin/python bench/step_memory.py --setting 512   # one, in this process
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seq2seq.config import load_config
+from seq2seq.model import Seq2Seq, count_parameters
+from seq2seq.vocab import BOS_ID
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, SRC_LEN, TGT_LEN = 128, 30, 30
+SETTINGS = ("512", "4096", "autograd")
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far, GB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def one_step(setting: str, threads: int) -> dict[str, float | str]:
+    """Build the model and SGD, run one step on random ids; sizes in GB, time in seconds."""
+    torch.set_num_threads(threads)
+    cfg = load_config(ROOT / "configs" / "sutskever2014.yaml")
+    torch.manual_seed(0)
+    model = Seq2Seq(cfg.model.src_vocab, cfg.model.tgt_vocab, cfg.model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, fused=True)
+    src = torch.randint(4, cfg.model.src_vocab, (BATCH, SRC_LEN))
+    src_lens = torch.full((BATCH,), SRC_LEN)
+    tgt_out = torch.randint(4, cfg.model.tgt_vocab, (BATCH, TGT_LEN + 1))  # y </s>
+    tgt_in = torch.cat([torch.full((BATCH, 1), BOS_ID), tgt_out[:, :-1]], 1)  # <s> y
+    before = peak_rss_gb()
+    start = time.perf_counter()
+    if setting == "autograd":
+        nll = model.token_nll(src, src_lens, tgt_in, tgt_out).sum()
+    else:
+        nll = model(src, src_lens, tgt_in, tgt_out, chunk=int(setting))
+    optimizer.zero_grad(set_to_none=True)
+    (nll / BATCH).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+    optimizer.step()
+    seconds = time.perf_counter() - start
+    return {"setting": setting, "params": count_parameters(model)["total"],
+            "positions": BATCH * (TGT_LEN + 1), "rss_before_step_gb": round(before, 2),
+            "peak_rss_gb": round(peak_rss_gb(), 2), "step_seconds": round(seconds, 1),
+            "threads": threads}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setting", choices=SETTINGS, help="run one setting in this process")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.setting:
+        print(json.dumps(one_step(args.setting, args.threads)), flush=True)
+        return
+    for setting in SETTINGS:  # a fresh process each, so that peaks do not mix
+        subprocess.run([sys.executable, __file__, "--setting", setting,
+                        "--threads", str(args.threads)], check=True)
+
+
+if __name__ == "__main__":
+    main()
