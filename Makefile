@@ -33,7 +33,7 @@ demo: $(STAMP) $(DEMO_DATA)/meta.json
 $(DEMO_DATA)/meta.json: $(STAMP)
 	$(BIN)/seq2seq prepare --train-src $(CORPUS)/train.en.gz --train-tgt $(CORPUS)/train.fr.gz \
 		--valid-src $(CORPUS)/valid.en --valid-tgt $(CORPUS)/valid.fr --out $(DEMO_DATA) \
-		--src-vocab 12000 --tgt-vocab 12000 --workers 2 --force
+		--tokenizer sentencepiece --src-vocab 8000 --tgt-vocab 8000 --workers 2 --force
 
 test: $(STAMP)
 	$(BIN)/pytest -q
