@@ -140,3 +140,13 @@ def test_score_prints_one_log_probability_per_pair(capsys, corpus, trained_run):
     assert code == 0
     scores = [float(x) for x in out.split()]
     assert len(scores) == 100 and all(s < 0 for s in scores)
+
+
+def test_train_on_a_missing_gpu_is_a_clear_error(capsys, tmp_path, data_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    code, _, err = run(capsys, "train", "configs/tatoeba-cpu.yaml", "--data", data_dir,
+                       "--out", tmp_path / "r", "--device", "cuda")
+    one_line_error(code, err, "device cuda was asked for, but no CUDA GPU is available")

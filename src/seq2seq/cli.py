@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model, print its parameter counts and exit")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where to train (the same as train.device=...)")
 
     p = verb("translate", "Translate raw text (stdin or --input) to raw text.", cmd_translate)
     _model_args(p)
@@ -195,7 +197,8 @@ def cmd_prepare(args) -> None:
 def cmd_train(args) -> None:
     from seq2seq.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    device = [f"train.device={args.device}"] if args.device else []
+    cfg = load_config(args.config, [*args.overrides, *device])
     if args.dry_run:
         return _dry_run(cfg, args.data)
     if not args.data or not args.out:
