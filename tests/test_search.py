@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from seq2seq import search
 from seq2seq.config import ModelConfig
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Ensemble, beam_search, greedy_search
@@ -89,3 +90,17 @@ def test_ensemble_averages_log_probabilities():
 def test_nbest_must_fit_in_the_beam(ensemble):
     with pytest.raises(ValueError, match="nbest"):
         beam_search(ensemble, SOURCES, beam_size=2, nbest=3)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_scoring_in_chunks_of_one_sentence_changes_nothing(ensemble, beam, monkeypatch):
+    whole = beam_search(ensemble, SOURCES, beam_size=beam, nbest=beam)
+    greedy = greedy_search(ensemble, SOURCES)
+    monkeypatch.setattr(search, "CACHE_FLOATS", 1)  # every sentence its own chunk
+    assert search._chunks(len(SOURCES), beam, 12) == [(i, i + 1) for i in range(len(SOURCES))]
+    chunked = beam_search(ensemble, SOURCES, beam_size=beam, nbest=beam)
+    for a, b in zip(chunked, whole):  # matmuls of fewer rows may round differently
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    for a, b in zip(greedy_search(ensemble, SOURCES), greedy):
+        assert a.tokens == b.tokens and a.score == pytest.approx(b.score, abs=1e-4)

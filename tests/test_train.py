@@ -13,7 +13,7 @@ from conftest import tiny_config
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import OptimConfig, config_from_dict
 from seq2seq.errors import ConfigError
-from seq2seq.train import Trainer, learning_rate
+from seq2seq.train import Trainer, _clip_grad_norm, learning_rate
 
 
 def test_paper_learning_rate_schedule():
@@ -109,3 +109,17 @@ def test_bf16_training_tracks_fp32(data_dir, tmp_path):
                          log=lambda _: None).train()
         ppl[precision] = result["valid_ppl"]
     assert ppl["bf16"] == pytest.approx(ppl["fp32"], rel=0.02)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_matches_torch(max_norm):
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 3), torch.randn(11), torch.randn(2, 2, 2)]
+    ours = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    ref = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for a, b, g in zip(ours, ref, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    norm = _clip_grad_norm(ours, max_norm)
+    assert norm == pytest.approx(float(torch.nn.utils.clip_grad_norm_(ref, max_norm)))
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a.grad, b.grad)

@@ -1,6 +1,7 @@
 import pytest
 
 from seq2seq.data import DataDir
+from seq2seq.errors import ConfigError
 from seq2seq.evaluate import bleu_chrf, perplexity, tokenized_bleu
 from seq2seq.translator import Translator
 
@@ -60,3 +61,24 @@ def test_tokenized_bleu_by_hand():
     # 5 tokens, the last one wrong: n-gram precisions 4/5, 3/4, 2/3, 1/2; equal lengths.
     score = tokenized_bleu(["le chat noir dort bien"], ["le chat noir dort mal"], "fr")
     assert score == pytest.approx(100 * (4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25, abs=1e-6)
+
+
+def test_bf16_decoding_stays_close_to_fp32(trained_run, corpus):
+    sources = corpus["valid_src"].read_text(encoding="utf-8").splitlines()[:40]
+    targets = corpus["valid_tgt"].read_text(encoding="utf-8").splitlines()[:40]
+    fp32 = Translator.load(trained_run / "best.pt", device="cpu")
+    bf16 = Translator.load(trained_run / "best.pt", device="cpu", precision="bf16")
+    # Scores of the same pairs: within 1% (bf16 keeps 8 bits of mantissa in the matmuls).
+    s32, s16 = fp32.score(sources, targets), bf16.score(sources, targets)
+    assert s16 == pytest.approx(s32, rel=0.01)
+    # Beam search: most outputs are the same sentence.
+    same = sum(a.text == b.text for a, b in zip(fp32.translate(sources, beam=4),
+                                                bf16.translate(sources, beam=4)))
+    assert same >= 0.8 * len(sources)
+
+
+def test_precision_is_checked(trained_run):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
+        Translator.load(trained_run / "best.pt", device="cpu", precision="fp16")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        Translator.load(trained_run / "best.pt", device="cpu", precision="int8")

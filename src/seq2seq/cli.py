@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("serve", "Serve translation over HTTP: a JSON API and a web page.", cmd_serve)
     p.add_argument("--model", action="append", required=True, metavar="CKPT",
                    help="checkpoint; repeat for an ensemble")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _device_args(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -165,10 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="matmul precision (default fp32); bf16 is faster on CPUs with "
+                        "AVX-512 BF16 or AMX, fp16 needs CUDA")
+
+
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True) -> None:
     p.add_argument("--model", action="append", required=True, metavar="CKPT",
                    help="checkpoint; repeat for an ensemble")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _device_args(p)
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     if decoding:
         p.add_argument("--beam", type=int, default=12, metavar="K",
@@ -307,8 +314,8 @@ def cmd_serve(args) -> None:
     limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars)
     batching = (Batching.off() if args.no_batching
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
-    serve(args.model, host=args.host, port=args.port, device=args.device, limits=limits,
-          batching=batching)
+    serve(args.model, host=args.host, port=args.port, device=args.device,
+          precision=args.precision, limits=limits, batching=batching)
 
 
 def cmd_rescore(args) -> None:
@@ -378,7 +385,7 @@ def _load(args):
     from seq2seq.translator import Translator
 
     _check_positive(args, "batch_size", "beam")
-    return Translator.load(args.model, device=args.device)
+    return Translator.load(args.model, device=args.device, precision=args.precision)
 
 
 def _check_positive(args, *names: str) -> None:

@@ -44,14 +44,27 @@ def configure(device: torch.device, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str, device: torch.device) -> str:
+    """`precision` if `device` can run it, else a ConfigError saying what can."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+    return precision
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for `precision` (fp32|bf16|fp16) on `device`."""
-    if precision == "fp32":
+    if check_precision(precision, device) == "fp32":
         return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision fp16 needs a CUDA device; use bf16 on the CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

@@ -71,9 +71,17 @@ class Seq2Seq(nn.Module):
 
     def decode_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (n,) -> log-probabilities (n, tgt_vocab) of the next token, new state."""
+        hidden, state = self.decode_hidden(tokens, state)
+        return self.log_probs(hidden), state
+
+    def decode_hidden(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """tokens (n,) -> the decoder's top-layer output (n, hidden), new state."""
         out, state = self.decoder(tokens[:, None], state)
-        logits = self.decoder.output(out[:, 0])
-        return torch.log_softmax(logits.float(), dim=-1), state
+        return out[:, 0], state
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Top-layer outputs (n, hidden) -> float32 log-probabilities (n, tgt_vocab)."""
+        return torch.log_softmax(self.decoder.output(hidden).float(), dim=-1)
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
@@ -132,32 +140,42 @@ class _ChunkedNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk):
+        # One cast of the output layer per step (to bf16 under autocast, else a no-op).
+        w, b = weight.to(hidden.dtype), bias.to(hidden.dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32)
+        grad_weight = grad_bias = None
         for s in range(0, len(hidden), chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
             rows = torch.arange(len(t), device=t.device)
-            probs = torch.addmm(bias, h, weight.t()).float()  # (n, vocab) logits for now
-            lse = torch.logsumexp(probs, 1)
-            total += (lse - probs[rows, t]).sum()
-            probs.sub_(lse[:, None]).exp_()  # softmax, in place
-            probs[rows, t] -= 1.0  # d nll / d logits
-            grad_bias += probs.sum(0)
+            # log_softmax of float32 logits: one fused kernel (it is much slower when asked
+            # to convert from bf16 itself), then exp_ turns it into the softmax in place.
+            probs = torch.log_softmax(torch.addmm(b, h, w.t()).float(), 1)
+            total -= probs[rows, t].sum()
+            probs.exp_()
+            probs[rows, t] -= 1.0  # d nll / d logits = softmax - onehot(target)
             g = probs.to(h.dtype)
-            grad_hidden[s:s + chunk] = g @ weight.to(h.dtype)
-            grad_weight += g.t() @ h
+            torch.mm(g, w, out=grad_hidden[s:s + chunk])
+            gw, gb = g.t() @ h, probs.sum(0)
+            if grad_weight is None:
+                grad_weight, grad_bias = gw.float(), gb
+            else:
+                grad_weight += gw
+                grad_bias += gb
+        if grad_weight is None:  # no target tokens at all
+            grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, bias.dtype)
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_total):
+        # Scaled in place: the gradients were formed for this one backward pass only.
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden * grad_total.to(grad_hidden.dtype),
-                (grad_weight * grad_total).to(ctx.dtypes[0]),
-                (grad_bias * grad_total).to(ctx.dtypes[1]), None, None)
+        return (grad_hidden.mul_(grad_total.to(grad_hidden.dtype)),
+                grad_weight.mul_(grad_total).to(ctx.dtypes[0]),
+                grad_bias.mul_(grad_total).to(ctx.dtypes[1]), None, None)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

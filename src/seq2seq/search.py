@@ -29,6 +29,7 @@ class Ensemble:
     def __init__(self, models: list[Seq2Seq]):
         self.models = models
         self.device = next(models[0].parameters()).device
+        self.vocab_size = models[0].decoder.output.out_features
 
     def encode(self, sources: list[list[int]]) -> list[State]:
         """Each model encodes the sources with its own reversal setting."""
@@ -40,9 +41,21 @@ class Ensemble:
 
     def step(self, tokens: torch.Tensor, states: list[State]) -> tuple[torch.Tensor, list[State]]:
         """tokens (n,) -> mean log-probabilities (n, vocab), new states."""
-        out = [m.decode_step(tokens, s) for m, s in zip(self.models, states)]
-        logp = out[0][0] if len(out) == 1 else torch.stack([o[0] for o in out]).mean(0)
-        return logp, [o[1] for o in out]
+        hiddens, states = self.advance(tokens, states)
+        return self.log_probs(hiddens, 0, len(tokens)), states
+
+    def advance(self, tokens: torch.Tensor,
+                states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
+        """Feed tokens (n,) to every model: their top-layer outputs (n, hidden), new states."""
+        out = [m.decode_hidden(tokens, s) for m, s in zip(self.models, states)]
+        return [o[0] for o in out], [o[1] for o in out]
+
+    def log_probs(self, hiddens: list[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
+        """Mean log-probabilities (hi - lo, vocab) of rows lo:hi of `advance`'s outputs."""
+        logp = self.models[0].log_probs(hiddens[0][lo:hi])
+        for model, h in zip(self.models[1:], hiddens[1:]):
+            logp += model.log_probs(h[lo:hi])
+        return logp / len(self.models) if len(self.models) > 1 else logp
 
     @staticmethod
     def select(states: list[State], rows: torch.Tensor) -> list[State]:
@@ -57,6 +70,15 @@ class Ensemble:
             src, lens = source_batch(sources, model.reverse_source)
             total = total - model.token_nll(src.to(self.device), lens, tgt_in, tgt_out)
         return total / len(self.models)
+
+
+CACHE_FLOATS = 1 << 20  # 4 MB of float32: what one chunk of scores may span
+
+
+def _chunks(n: int, rows_per_item: int, vocab: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges over n sentences, each spanning about CACHE_FLOATS scores."""
+    per = max(1, CACHE_FLOATS // (rows_per_item * vocab))
+    return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
 
 
 def _max_lens(sources: list[list[int]], a: float, b: int, device) -> torch.Tensor:
@@ -79,10 +101,16 @@ def greedy_search(
     results: list[Hypothesis | None] = [None] * n
     t = 0
     while len(alive):
-        logp, states = ensemble.step(tokens, states)  # (b, vocab)
+        hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens
-        logp[at_max, :EOS_ID] = logp[at_max, EOS_ID + 1:] = float("-inf")
-        best, tokens = logp.max(-1)
+        maxima = []
+        for lo, hi in _chunks(len(alive), 1, ensemble.vocab_size):
+            logp = ensemble.log_probs(hiddens, lo, hi)  # (rows, vocab)
+            end = at_max[lo:hi]
+            logp[end, :EOS_ID] = logp[end, EOS_ID + 1:] = float("-inf")
+            maxima.append(logp.max(-1))
+        best = torch.cat([v for v, _ in maxima])
+        tokens = torch.cat([i for _, i in maxima])
         scores = scores + best
         done = tokens == EOS_ID
         for row in done.nonzero()[:, 0].tolist():
@@ -123,17 +151,24 @@ def beam_search(
     best_done = torch.full((n, nbest), float("-inf"), device=device)  # (b, nbest) complete scores
     results: list[list[Hypothesis]] = [[] for _ in range(n)]
     t = 0
+    vocab = ensemble.vocab_size
     while len(alive):
-        logp, states = ensemble.step(tokens, states)
-        vocab = logp.shape[-1]
-        logp = logp.view(-1, k, vocab)  # (b, k, vocab)
+        hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens  # (b,)
-        if bool(at_max.any()):
-            eos = logp[at_max, :, EOS_ID]
-            logp[at_max] = float("-inf")
-            logp[at_max, :, EOS_ID] = eos
-        candidates = (scores[:, :, None] + logp).view(-1, k * vocab)  # (b, k * vocab)
-        top_scores, top = candidates.topk(min(2 * k, k * vocab), dim=1)  # (b, 2k)
+        # Score in chunks of sentences whose (rows x vocab) floats stay in the CPU's cache:
+        # log-softmax, the sum with the beam scores and top-k then read memory once.
+        tops = []
+        for lo, hi in _chunks(len(alive), k, vocab):
+            logp = ensemble.log_probs(hiddens, lo * k, hi * k).view(-1, k, vocab)
+            end = at_max[lo:hi]
+            if bool(end.any()):
+                eos = logp[end, :, EOS_ID]
+                logp[end] = float("-inf")
+                logp[end, :, EOS_ID] = eos
+            candidates = (scores[lo:hi, :, None] + logp).view(-1, k * vocab)  # (rows, k * vocab)
+            tops.append(candidates.topk(min(2 * k, k * vocab), dim=1))  # (rows, 2k)
+        top_scores = torch.cat([v for v, _ in tops])
+        top = torch.cat([i for _, i in tops])
         top_beam, top_token = top // vocab, top % vocab
         rows = torch.arange(len(alive), device=device)[:, None] * k + top_beam  # (b, 2k) into b*k
 

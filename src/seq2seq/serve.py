@@ -356,11 +356,12 @@ async def _internal_error(_: Request, err: Exception) -> JSONResponse:
 
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          limits: Limits | None = None, batching: Batching | None = None) -> None:
+          precision: str = "fp32", limits: Limits | None = None,
+          batching: Batching | None = None) -> None:
     """Load the checkpoints (several = an ensemble) and serve them until interrupted."""
     import uvicorn
 
-    translator = Translator.load(models, device=device)
+    translator = Translator.load(models, device=device, precision=precision)
     app = create_app(translator, limits, batching, model_names=[str(m) for m in models])
     uvicorn.run(app, host=host, port=port, log_level="info")
 

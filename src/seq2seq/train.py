@@ -44,6 +44,19 @@ RESUMABLE_CHANGES = {
 }
 
 
+def _clip_grad_norm(params, max_norm: float) -> float:
+    """Rescale the gradients to L2 norm `max_norm` if it is larger; their norm before.
+
+    As torch.nn.utils.clip_grad_norm_, but the gradients are only touched when they are
+    actually clipped (the norm is read on the host anyway, for the log).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
+    return norm
+
+
 def learning_rate(optim: OptimConfig, epoch: float) -> float:
     """The paper's schedule at fractional `epoch`: constant, then halved every half epoch."""
     if epoch < optim.decay_start:
@@ -145,8 +158,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = float("nan")
         if cfg.optim.clip_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), cfg.optim.clip_norm, foreach=True))
+            grad_norm = _clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.pos.step += 1

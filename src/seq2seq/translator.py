@@ -19,7 +19,7 @@ import torch
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import config_from_dict
 from seq2seq.data import source_batch
-from seq2seq.device import resolve_device
+from seq2seq.device import autocast, check_precision, compute_dtype, resolve_device
 from seq2seq.errors import CheckpointError, warn
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Ensemble, Hypothesis, beam_search, greedy_search
@@ -54,15 +54,24 @@ class Translator:
     def __init__(
         self, models: list[Seq2Seq], src_vocab: Vocabulary, tgt_vocab: Vocabulary,
         src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, max_len: int,
+        precision: str = "fp32",
     ):
         self.ensemble = Ensemble(models)
+        self.precision = check_precision(precision, self.ensemble.device)
+        for model in models:  # cast once here, not at every decoding step under autocast
+            model.to(compute_dtype(precision))
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.max_len = max_len
 
     @classmethod
-    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto") -> Translator:
-        """Load one checkpoint or several (an ensemble) onto `device` (auto|cpu|cuda)."""
+    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto",
+             precision: str = "fp32") -> Translator:
+        """Load one checkpoint or several (an ensemble) onto `device` (auto|cpu|cuda).
+
+        `precision` bf16 (or fp16 on CUDA) casts the weights to that type (the models of a
+        Translator are cast in place); log-probabilities and scores stay float32.
+        """
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         dev = resolve_device(device)
         loaded = [load_model(p, dev) for p in paths]
@@ -78,7 +87,7 @@ class Translator:
             [m for m, _ in loaded], Vocabulary(first["src_vocab"]),
             Vocabulary(first["tgt_vocab"]), Tokenizer.from_dict(first["tokenizer"]["src"]),
             Tokenizer.from_dict(first["tokenizer"]["tgt"]),
-            min(state["max_len"] for _, state in loaded),
+            min(state["max_len"] for _, state in loaded), precision,
         )
 
     # ------------------------------------------------------------------ text <-> ids
@@ -116,13 +125,18 @@ class Translator:
         results: list[Translation] = [Translation("", 0.0, [("", 0.0)])] * len(sources)
         for idx in _length_batches(sources, batch_size):
             batch = [sources[i] for i in idx]
-            if beam == 1 and nbest == 1:
-                hyps = [[h] for h in greedy_search(self.ensemble, batch, max_len_a, max_len_b)]
-            else:
-                hyps = beam_search(self.ensemble, batch, beam, nbest, max_len_a, max_len_b)
+            with self._autocast():
+                if beam == 1 and nbest == 1:
+                    hyps = [[h] for h in greedy_search(self.ensemble, batch, max_len_a,
+                                                       max_len_b)]
+                else:
+                    hyps = beam_search(self.ensemble, batch, beam, nbest, max_len_a, max_len_b)
             for i, nb in zip(idx, hyps):
                 results[i] = self._translation(nb)
         return results
+
+    def _autocast(self):
+        return autocast(self.ensemble.device, self.precision)
 
     def _translation(self, hyps: list[Hypothesis]) -> Translation:
         nbest = [(self.detokenize(h.tokens), h.score) for h in hyps]
@@ -137,8 +151,9 @@ class Translator:
         src_ids, tgt_ids = self.source_ids(sources), self.target_ids(targets)
         scores = [0.0] * len(src_ids)
         for idx in _length_batches(src_ids, batch_size, skip_empty=False):
-            logp = self.ensemble.token_logprobs([src_ids[i] for i in idx],
-                                                [tgt_ids[i] for i in idx])
+            with self._autocast():
+                logp = self.ensemble.token_logprobs([src_ids[i] for i in idx],
+                                                    [tgt_ids[i] for i in idx])
             for i, s in zip(idx, logp.sum(1).tolist()):
                 scores[i] = s
         return scores
