@@ -9,7 +9,7 @@ DEMO_DATA := work/tatoeba-data
 DEMO_RUN  := runs/tatoeba-cpu
 CORPUS    := data/tatoeba-en-fr
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean table1 bench bench-peers
 
 install: $(STAMP)
 
@@ -35,6 +35,19 @@ $(DEMO_DATA)/meta.json: $(STAMP)
 		--valid-src $(CORPUS)/valid.en --valid-tgt $(CORPUS)/valid.fr --out $(DEMO_DATA) \
 		--tokenizer sentencepiece --src-vocab 8000 --tgt-vocab 8000 --workers 2 --force
 
+# The paper's Table 1 and 2 claims at small scale -> experiments/RESULTS.md (~40 min).
+table1: $(STAMP)
+	$(BIN)/python experiments/table1.py
+
+# Speed on the peers' benchmark configuration (bench/RESULTS.md): ours alone, then
+# side by side with OpenNMT-py (installed into bench/.peers/ on first use; ~45 min).
+bench: $(STAMP)
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/peers.py
+
+bench-peers: $(STAMP)
+	$(BIN)/python bench/peers.py
+
 test: $(STAMP)
 	$(BIN)/pytest -q
 
@@ -42,7 +55,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench experiments
 
 clean:
 	rm -rf $(VENV) work runs

@@ -1,0 +1,151 @@
+"""What the speed benchmarks share: the benchmark data, child processes, FLOPs, matmul ceiling.
+
+The benchmark configuration is `../shared/PEERS.md`'s, written down in `bench/benchmark.yaml`:
+2 x 512 LSTMs, embeddings 256, 10,000 lowercased Moses words per side, pairs of up to 50
+tokens, batches of 64 sentences, SGD. Each measurement runs in a fresh child process so
+that its peak RSS (`ru_maxrss`) is its own.
+
+Model FLOPs (the PEERS.md formula). An LSTM layer with input size `i` and `h` cells does
+two matmuls per token and time step, `x @ W_ih` (2 x i x 4h FLOPs) and `h @ W_hh`
+(2 x h x 4h): 8h(i + h) per token. The output layer does 2 x h x V per target token.
+Backward costs two matmuls per forward matmul (gradient of the input and of the weight),
+so a training step costs 3 x forward:
+
+    FLOPs = 3 x [ (src + tgt tokens) x sum_l 8h(i_l + h) + tgt tokens x 2hV ]
+
+with i_1 = embed_dim, i_l = h above, and tgt tokens counting </s> (the decoder's inputs are
+<s> + the words, as many). Embedding lookups, element-wise gate arithmetic and the softmax
+are not counted: they are not matmuls.
+
+The matmul ceiling is what the model's own matmuls would cost at the speed this CPU gives
+each of their shapes, measured with `torch.mm` in the same run: the time of a typical batch
+if nothing but its matmuls ran, each at its measured rate. MFU is the model FLOPs achieved
+per second divided by that ceiling's FLOPs per second.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work"
+BENCH_CONFIG = ROOT / "bench" / "benchmark.yaml"
+BENCH_DATA = WORK / "bench-data"
+CORPUS = ROOT / "data" / "tatoeba-en-fr"
+
+
+def prepare_bench_data(out: Path = BENCH_DATA) -> Path:
+    """The benchmark's data directory, prepared from the bundled corpus if missing."""
+    if not (out / "meta.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "seq2seq", "prepare",
+             "--train-src", str(CORPUS / "train.en.gz"), "--train-tgt", str(CORPUS / "train.fr.gz"),
+             "--valid-src", str(CORPUS / "valid.en"), "--valid-tgt", str(CORPUS / "valid.fr"),
+             "--out", str(out), "--tokenizer", "moses", "--lowercase", "--src-vocab", "10000",
+             "--tgt-vocab", "10000", "--max-len", "50", "--workers", "2", "--force"],
+            check=True)
+    return out
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(argv: list[str]) -> dict:
+    """Run `python argv...` in a fresh process; its last stdout line is a JSON record."""
+    proc = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({proc.returncode}): {' '.join(argv)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The model's LSTM and output sizes, as the FLOP count and the ceiling need them."""
+
+    embed_dim: int
+    hidden: int
+    layers: int
+    tgt_vocab: int
+
+    @classmethod
+    def from_config(cls, model_cfg, tgt_vocab: int) -> Shape:
+        return cls(model_cfg.embed_dim, model_cfg.hidden_size, model_cfg.num_layers, tgt_vocab)
+
+    def lstm_inputs(self) -> list[int]:
+        return [self.embed_dim] + [self.hidden] * (self.layers - 1)
+
+    def lstm_flops_per_token(self) -> int:
+        return sum(8 * self.hidden * (i + self.hidden) for i in self.lstm_inputs())
+
+    def output_flops_per_token(self) -> int:
+        return 2 * self.hidden * self.tgt_vocab
+
+    def train_flops(self, src_tokens: int, tgt_tokens: int) -> int:
+        """Matmul FLOPs of training on this many source and target tokens (fwd + bwd)."""
+        return 3 * ((src_tokens + tgt_tokens) * self.lstm_flops_per_token()
+                    + tgt_tokens * self.output_flops_per_token())
+
+    def train_matmuls(self, batch: int, src_tokens: int, tgt_tokens: int) -> list[tuple]:
+        """(m, k, n, times) of every matmul of one training step of `batch` sentences.
+
+        Forward: each layer's input projection over all tokens at once (m = tokens), its
+        recurrent product one time step at a time (m = batch), the output layer over the
+        target tokens. Backward: for each, the gradient of the input (m x n x k) and of the
+        weight (k x m x n, accumulated over all tokens at once).
+        """
+        h4, out = 4 * self.hidden, []
+        for tokens in (src_tokens, tgt_tokens):
+            steps = max(1, round(tokens / batch))
+            for i in self.lstm_inputs():
+                out += [(tokens, i, h4, 1), (tokens, h4, i, 1), (i, tokens, h4, 1)]
+                out += [(batch, self.hidden, h4, steps), (batch, h4, self.hidden, steps),
+                        (self.hidden, tokens, h4, 1)]
+        v = self.tgt_vocab
+        out += [(tgt_tokens, self.hidden, v, 1), (tgt_tokens, v, self.hidden, 1),
+                (self.hidden, tgt_tokens, v, 1)]
+        return out
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.3) -> float:
+    """GFLOP/s of `torch.mm` of (m x k) @ (k x n) in `dtype`: the median of timed rounds."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+
+def matmul_ceiling(shape: Shape, batch: int, src_tokens: float, tgt_tokens: float,
+                   dtype: torch.dtype) -> dict:
+    """Seconds and GFLOP/s of one typical step's matmuls, each at its measured rate."""
+    mms = shape.train_matmuls(batch, round(src_tokens), round(tgt_tokens))
+    rates: dict[tuple, float] = {}
+    seconds = flops = 0.0
+    for m, k, n, times in mms:
+        if (m, k, n) not in rates:
+            rates[(m, k, n)] = matmul_rate(m, k, n, dtype)
+        f = 2 * m * k * n * times
+        flops += f
+        seconds += f / (rates[(m, k, n)] * 1e9)
+    return {"step_seconds": seconds, "gflops": flops / seconds / 1e9,
+            "rates": {f"{m}x{k}x{n}": round(r) for (m, k, n), r in rates.items()}}
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)

@@ -1,0 +1,143 @@
+"""Steady-state training throughput on the benchmark configuration, with MFU and peak RSS.
+
+For each precision asked for, a fresh process builds the trainer of `bench/benchmark.yaml`,
+takes the real training batches in their training order, runs `--warmup` updates untimed
+and then `--steps` timed ones (forward, backward, clipping, SGD: `Trainer.train_step`).
+Target tokens count </s>. In the same run, the matmul ceiling of the model's own shapes
+is measured for float32 and bf16 (see `bench/common.py` for the FLOP formula and the
+ceiling), and MFU is reported against the ceiling of the precision trained in.
+
+    .venv/bin/python bench/train_speed.py                       # fp32 and bf16, 3 repeats
+    .venv/bin/python bench/train_speed.py --precision bf16 --repeats 1 --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    BENCH_CONFIG,
+    BENCH_DATA,
+    Shape,
+    matmul_ceiling,
+    median,
+    peak_rss_mb,
+    prepare_bench_data,
+    run_child,
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list[str]) -> dict:
+    """Train `warmup` + `steps` updates in this process; the timed steps' throughput."""
+    import tempfile
+
+    from seq2seq.config import load_config
+    from seq2seq.train import Trainer
+
+    cfg = load_config(BENCH_CONFIG, [f"train.precision={precision}", *overrides])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, data, run_dir, log=lambda msg: None)
+        for _ in range(warmup):
+            trainer.train_step(trainer._next_batch())
+        src = tgt = 0
+        start = time.perf_counter()
+        for _ in range(steps):  # batches in training order, collation included
+            batch = trainer._next_batch()
+            trainer.train_step(batch)
+            s, t = batch.num_tokens()
+            src, tgt = src + s, tgt + t
+        seconds = time.perf_counter() - start
+    shape = Shape.from_config(cfg.model, len(trainer.data.tgt_vocab))
+    return {
+        "system": "seq2seq", "precision": precision, "steps": steps, "warmup": warmup,
+        "seconds": round(seconds, 2), "tgt_tok_s": round(tgt / seconds),
+        "src_tgt_tok_s": round((src + tgt) / seconds),
+        "ms_per_step": round(seconds / steps * 1e3, 1),
+        "model_gflops": round(shape.train_flops(src, tgt) / seconds / 1e9, 1),
+        "src_tokens": src, "tgt_tokens": tgt, "peak_rss_mb": round(peak_rss_mb()),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def ceiling(precision: str, src_per_step: float, tgt_per_step: float, data: Path) -> dict:
+    """The matmul ceiling of the benchmark model's shapes, in this process."""
+    from seq2seq.config import load_config
+    from seq2seq.data import DataDir
+
+    cfg = load_config(BENCH_CONFIG)
+    torch.set_num_threads(cfg.train.threads)
+    shape = Shape.from_config(cfg.model, len(DataDir(data).tgt_vocab))
+    c = matmul_ceiling(shape, cfg.batching.batch_size, src_per_step, tgt_per_step,
+                       DTYPES[precision])
+    flops = shape.train_flops(round(src_per_step), round(tgt_per_step))
+    return {"precision": precision, "ceiling_gflops": round(c["gflops"], 1),
+            "ceiling_tgt_tok_s": round(tgt_per_step * c["gflops"] * 1e9 / flops),
+            "rates_gflops": c["rates"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=DTYPES)
+    parser.add_argument("--steps", type=int, default=200, help="timed updates (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed updates first")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per precision")
+    parser.add_argument("--data", type=Path, default=BENCH_DATA)
+    parser.add_argument("--json", type=Path, help="also write the records here")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    parser.add_argument("--child", choices=["train", "ceiling"], help=argparse.SUPPRESS)
+    parser.add_argument("--per-step", nargs=2, type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "train":
+        print(json.dumps(measure(args.precision[0], args.steps, args.warmup, args.data,
+                                 args.overrides)))
+        return
+    if args.child == "ceiling":
+        print(json.dumps(ceiling(args.precision[0], *args.per_step, args.data)))
+        return
+
+    prepare_bench_data(args.data)
+    me = [__file__, "--data", str(args.data), "--steps", str(args.steps),
+          "--warmup", str(args.warmup), *args.overrides]
+    runs: dict[str, list[dict]] = {p: [] for p in args.precision}
+    for _ in range(args.repeats):  # precisions alternate, so drift hits both alike
+        for p in args.precision:
+            runs[p].append(run_child([*me, "--child", "train", "--precision", p]))
+            print(json.dumps(runs[p][-1]), flush=True)
+    records = []
+    for p, rs in runs.items():
+        src = sum(r["src_tokens"] for r in rs) / sum(r["steps"] for r in rs)
+        tgt = sum(r["tgt_tokens"] for r in rs) / sum(r["steps"] for r in rs)
+        ceil = run_child([*me, "--child", "ceiling", "--precision", p,
+                          "--per-step", str(src), str(tgt)])
+        print(json.dumps(ceil), flush=True)
+        tok_s = median([r["tgt_tok_s"] for r in rs])
+        records.append({
+            "precision": p, "tgt_tok_s": tok_s,
+            "src_tgt_tok_s": median([r["src_tgt_tok_s"] for r in rs]),
+            "model_gflops": median([r["model_gflops"] for r in rs]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            "ceiling_gflops": ceil["ceiling_gflops"],
+            "ceiling_tgt_tok_s": ceil["ceiling_tgt_tok_s"],
+            "mfu": round(tok_s / ceil["ceiling_tgt_tok_s"], 3), "repeats": len(rs),
+        })
+    print("\n| precision | tgt tok/s | src+tgt tok/s | model GFLOP/s | ceiling GFLOP/s | MFU "
+          "| peak RSS |\n|---|---:|---:|---:|---:|---:|---:|")
+    for r in records:
+        print(f"| {r['precision']} | {r['tgt_tok_s']:,} | {r['src_tgt_tok_s']:,} | "
+              f"{r['model_gflops']:.0f} | {r['ceiling_gflops']:.0f} | {r['mfu']:.0%} | "
+              f"{r['peak_rss_mb']:,} MB |")
+    if args.json:
+        args.json.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+if __name__ == "__main__":
+    main()
