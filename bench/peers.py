@@ -35,6 +35,7 @@ from common import (  # noqa: E402
     BENCH_DATA,
     CORPUS,
     WORK,
+    ceiling_of_runs,
     median,
     prepare_bench_data,
     run_child,
@@ -382,18 +383,21 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def report(train: dict[str, list[dict]], decode: dict[tuple[str, int], list[dict]],
-           peer: str) -> str:
+def report(train: dict[str, list[dict]], ceilings: dict[str, dict],
+           decode: dict[tuple[str, int], list[dict]], peer: str) -> str:
     """The Markdown tables: medians over the rounds, ratios to the peer."""
     med = lambda rs, key: median([r[key] for r in rs])  # noqa: E731
-    lines = ["| system | train tgt tok/s | train src+tgt tok/s | x peer | peak RSS | "
-             "peak memory of the process tree |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| system | train tgt tok/s | train src+tgt tok/s | x peer | MFU | peak RSS | "
+             "peak memory of the process tree |", "|---|---:|---:|---:|---:|---:|---:|"]
     base = med(train[peer], "tgt_tok_s")
     for name, rs in train.items():
-        lines.append(_row([name, f"{med(rs, 'tgt_tok_s'):,.0f}", f"{med(rs, 'src_tgt_tok_s'):,.0f}",
-                           f"{med(rs, 'tgt_tok_s') / base:.2f}",
-                           f"{max(r['peak_rss_mb'] for r in rs):,} MB",
-                           f"{max(r.get('tree_peak_mb', r['peak_rss_mb']) for r in rs):,} MB"]))
+        mfu = ceilings.get(name)
+        lines.append(_row([
+            name, f"{med(rs, 'tgt_tok_s'):,.0f}", f"{med(rs, 'src_tgt_tok_s'):,.0f}",
+            f"{med(rs, 'tgt_tok_s') / base:.2f}",
+            f"{mfu['mfu']:.0%} of {mfu['ceiling_gflops']:.0f} GFLOP/s" if mfu else "",
+            f"{max(r['peak_rss_mb'] for r in rs):,} MB",
+            f"{max(r.get('tree_peak_mb', r['peak_rss_mb']) for r in rs):,} MB"]))
     lines += ["", "| system | mode | sent/s | tgt tok/s | x peer | BLEU | peak RSS |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for (name, beam), rs in decode.items():
@@ -410,7 +414,8 @@ def main() -> None:
                         help="install/check OpenNMT-py, train 60 steps, decode 50 sentences "
                              "greedy, beam 5 and beam 12 (seconds each; not a benchmark)")
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"],
-                        choices=["bf16", "fp32"], help="ours, each against the peer")
+                        choices=["bf16", "fp32"],
+                        help="ours, each against the peer: training, and decoding")
     parser.add_argument("--speed-steps", type=int, default=220,
                         help="updates per training-speed run, 20 of them warm-up (default 220)")
     parser.add_argument("--quality-steps", type=int, default=2454,
@@ -420,6 +425,8 @@ def main() -> None:
                         help="A/B rounds: every system once per round, medians reported")
     parser.add_argument("--json", type=Path, default=WORK / "peers.jsonl",
                         help="every run's record, one JSON line each")
+    parser.add_argument("--report", type=Path, default=WORK / "peers.md",
+                        help="the Markdown tables (also printed)")
     args = parser.parse_args()
     if args.onmt_smoke:
         train = run_onmt_train(60)
@@ -433,7 +440,8 @@ def main() -> None:
     install_onmt()
     export_onmt_data()
     peer = f"OpenNMT-py {ONMT_VERSION} fp32"
-    ours = [f"seq2seq {p}" for p in args.precisions]
+    ours = {f"seq2seq {p}": p for p in args.precisions}
+    WORK.mkdir(parents=True, exist_ok=True)
     log = open(args.json, "w", encoding="utf-8")
 
     def record(r: dict) -> dict:
@@ -442,16 +450,19 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         return r
 
-    # 1. Training throughput, the systems alternating within each round.
+    # 1. Training throughput, the systems alternating within each round; then the matmul
+    #    ceiling of our average step, for the MFU.
     train: dict[str, list[dict]] = {name: [] for name in [*ours, peer]}
     for _ in range(args.rounds):
-        for name, p in zip(ours, args.precisions):
+        for name, p in ours.items():
             train[name].append(record(run_ours_train(args.speed_steps, p)))
         train[peer].append(record(run_onmt_train(args.speed_steps)))
+    ceilings = {name: record(ceiling_of_runs(p, train[name])) for name, p in ours.items()}
 
-    # 2. The models to decode: the same number of updates on the same data.
-    models = {name: train_ours_model(args.quality_steps, p)
-              for name, p in zip(ours, args.precisions)}
+    # 2. The models to decode: the same number of updates on the same data. Ours is trained
+    #    once, in bf16 (the precision we recommend on CPUs with AVX-512 BF16), and decoded in
+    #    each precision.
+    model = train_ours_model(args.quality_steps, "bf16")
     onmt_model = ONMT_WORK / "quality" / f"model_step_{args.quality_steps}.pt"
     if not onmt_model.exists():
         onmt_model = Path(run_onmt_train(args.quality_steps, out_dir=ONMT_WORK / "quality")
@@ -462,12 +473,15 @@ def main() -> None:
         (name, beam): [] for name in [*ours, peer] for beam in args.beams}
     for _ in range(args.rounds):
         for beam in args.beams:
-            for name, p in zip(ours, args.precisions):
-                decode[(name, beam)].append(record(run_ours_translate(models[name], beam, p)))
+            for name, p in ours.items():
+                decode[(name, beam)].append(record(run_ours_translate(model, beam, p)))
             decode[(peer, beam)].append(record(run_onmt_translate(onmt_model, beam)))
     log.close()
-    print(f"\n{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians\n")
-    print(report(train, decode, peer))
+    text = (f"{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians; decoding: our model "
+            f"trained {args.quality_steps} updates in bf16, decoded in the precision named\n\n"
+            + report(train, ceilings, decode, peer) + "\n")
+    args.report.write_text(text, encoding="utf-8")
+    print("\n" + text)
 
 
 if __name__ == "__main__":

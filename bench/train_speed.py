@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     BENCH_CONFIG,
     BENCH_DATA,
     Shape,
+    ceiling_of_runs,
     matmul_ceiling,
     median,
     peak_rss_mb,
@@ -114,20 +115,16 @@ def main() -> None:
             print(json.dumps(runs[p][-1]), flush=True)
     records = []
     for p, rs in runs.items():
-        src = sum(r["src_tokens"] for r in rs) / sum(r["steps"] for r in rs)
-        tgt = sum(r["tgt_tokens"] for r in rs) / sum(r["steps"] for r in rs)
-        ceil = run_child([*me, "--child", "ceiling", "--precision", p,
-                          "--per-step", str(src), str(tgt)])
+        ceil = ceiling_of_runs(p, rs, args.data)
         print(json.dumps(ceil), flush=True)
-        tok_s = median([r["tgt_tok_s"] for r in rs])
         records.append({
-            "precision": p, "tgt_tok_s": tok_s,
+            "precision": p, "tgt_tok_s": median([r["tgt_tok_s"] for r in rs]),
             "src_tgt_tok_s": median([r["src_tgt_tok_s"] for r in rs]),
             "model_gflops": median([r["model_gflops"] for r in rs]),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
             "ceiling_gflops": ceil["ceiling_gflops"],
-            "ceiling_tgt_tok_s": ceil["ceiling_tgt_tok_s"],
-            "mfu": round(tok_s / ceil["ceiling_tgt_tok_s"], 3), "repeats": len(rs),
+            "ceiling_tgt_tok_s": ceil["ceiling_tgt_tok_s"], "mfu": ceil["mfu"],
+            "repeats": len(rs),
         })
     print("\n| precision | tgt tok/s | src+tgt tok/s | model GFLOP/s | ceiling GFLOP/s | MFU "
           "| peak RSS |\n|---|---:|---:|---:|---:|---:|---:|")

@@ -147,3 +147,7 @@ def test_source_and_target_batches():
     tgt_in, tgt_out = target_batch([[8, 9], [10]])
     assert tgt_in.tolist() == [[BOS_ID, 8, 9], [BOS_ID, 10, PAD_ID]]
     assert tgt_out.tolist() == [[8, 9, EOS_ID], [10, EOS_ID, PAD_ID]]
+    src, lens = source_batch([[], [4, 5]], reverse_source=True)  # empty: one <pad> step
+    assert src.tolist() == [[PAD_ID, PAD_ID], [5, 4]] and lens.tolist() == [1, 2]
+    tgt_in, tgt_out = target_batch([[]])
+    assert tgt_in.tolist() == [[BOS_ID]] and tgt_out.tolist() == [[EOS_ID]]

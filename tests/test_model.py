@@ -52,14 +52,21 @@ def test_chunked_nll_matches_cross_entropy_in_value_and_gradient():
         assert torch.allclose(chunked_nll(hidden, weight, bias, targets, 7) * 0.5, ref)
 
 
-def test_packed_and_rectangular_encoder_paths_agree():
+def test_encoder_reads_mixed_lengths_as_one_sentence_at_a_time():
     m = model()
-    src, lens = source_batch(SRC, True)
-    h, c = m.encode(src, lens)  # mixed lengths: packed path
-    for i, s in enumerate(SRC):
-        hi, ci = m.encode(*source_batch([s], True))  # one sentence: rectangular path
+    sources = SRC + [[21, 22, 23], [24]]  # lengths 5 2 3 7 3 1: a repeated length, a single
+    src, lens = source_batch(sources, True)
+    h, c = m.encode(src, lens)  # mixed lengths: read in segments
+    (h.sum() + c.sum()).backward()
+    batched = [p.grad.clone() for p in m.encoder.parameters()]
+    m.zero_grad()
+    for i, s in enumerate(sources):
+        hi, ci = m.encode(*source_batch([s], True))  # one sentence: one rectangular call
         assert torch.allclose(h[:, i], hi[:, 0], atol=1e-6)
         assert torch.allclose(c[:, i], ci[:, 0], atol=1e-6)
+        (hi.sum() + ci.sum()).backward()
+    for g, p in zip(batched, m.encoder.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5)
 
 
 def test_encoder_receives_reversed_source_in_training(data_dir):

@@ -408,28 +408,35 @@ def source_batch(
     This is the one place the source is reversed ("a b c" -> "c b a"), for training and
     translation alike; padding always goes at the end.
     """
-    sentences = [list(s)[::-1] if reverse_source else list(s) for s in sentences]
+    rows = [np.asarray(s, dtype=np.int64) for s in sentences]
+    if reverse_source:
+        rows = [r[::-1] for r in rows]
+    src, lens = _pad(rows, offset=0)
     # An empty source is read as one <pad> step, so that it still has a final state.
-    lens = torch.tensor([max(1, len(s)) for s in sentences], dtype=torch.long)
-    src = torch.full((len(sentences), int(lens.max())), PAD_ID, dtype=torch.long)
-    for row, s in enumerate(sentences):
-        src[row, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return src, lens
+    return torch.from_numpy(src), torch.from_numpy(np.maximum(lens, 1))
 
 
 def target_batch(sentences: Iterable[Iterable[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing input (<s> y) and output (y </s>), both (batch, max_len + 1)."""
-    sentences = [list(s) for s in sentences]
-    width = max(len(s) for s in sentences) + 1
-    tgt_in = torch.full((len(sentences), width), PAD_ID, dtype=torch.long)
-    tgt_out = torch.full((len(sentences), width), PAD_ID, dtype=torch.long)
-    for row, s in enumerate(sentences):
-        ids = torch.tensor(s, dtype=torch.long)
-        tgt_in[row, 0] = BOS_ID
-        tgt_in[row, 1:len(s) + 1] = ids
-        tgt_out[row, :len(s)] = ids
-        tgt_out[row, len(s)] = EOS_ID
-    return tgt_in, tgt_out
+    rows = [np.asarray(s, dtype=np.int64) for s in sentences]
+    tgt_in, lens = _pad(rows, offset=1)
+    tgt_in[:, 0] = BOS_ID
+    tgt_out, _ = _pad(rows, offset=0, width=tgt_in.shape[1])
+    tgt_out[np.arange(len(rows)), lens] = EOS_ID
+    return torch.from_numpy(tgt_in), torch.from_numpy(tgt_out)
+
+
+def _pad(rows: list[np.ndarray], offset: int, width: int | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """rows -> (n, width) array holding row i at columns offset..offset+len_i, <pad> elsewhere
+    (width at least 1 + the longest row's end), and the (n,) lengths."""
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    width = width or max(1, offset + int(lens.max(initial=0)))
+    out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    columns = np.arange(width)
+    out[(columns >= offset) & (columns < offset + lens[:, None])] = np.concatenate(
+        rows + [np.zeros(0, np.int64)])
+    return out, lens
 
 
 def collate(corpus: ParallelCorpus, indices: np.ndarray, reverse_source: bool) -> Batch:
