@@ -52,6 +52,18 @@ def test_chunked_nll_matches_cross_entropy_in_value_and_gradient():
         assert torch.allclose(chunked_nll(hidden, weight, bias, targets, 7) * 0.5, ref)
 
 
+def test_chunked_nll_is_exact_for_confidently_wrong_predictions():
+    # Target logits 150-300 below the best: p(target) underflows float32, the loss does not.
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]], requires_grad=True)
+    weight = torch.tensor([[300.0, 0.0], [0.0, 300.0], [0.0, 0.0]], requires_grad=True)
+    bias = torch.zeros(3, requires_grad=True)
+    targets = torch.tensor([1, 0, 2])
+    ours = chunked_nll(hidden, weight, bias, targets, chunk=2)
+    ref = F.cross_entropy(hidden @ weight.t() + bias, targets, reduction="sum")
+    assert torch.isfinite(ours) and torch.allclose(ours, ref, rtol=1e-6)
+    assert ours.item() > 600
+
+
 def test_encoder_reads_mixed_lengths_as_one_sentence_at_a_time():
     m = model()
     sources = SRC + [[21, 22, 23], [24]]  # lengths 5 2 3 7 3 1: a repeated length, a single
