@@ -57,6 +57,27 @@ class Ensemble:
             logp += model.log_probs(h[lo:hi])
         return logp / len(self.models) if len(self.models) > 1 else logp
 
+    def top_tokens(self, hiddens: list[torch.Tensor], lo: int, hi: int, k: int,
+                   only_eos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k most probable next tokens of rows lo:hi of `advance`'s outputs.
+
+        Returns their float32 log-probabilities and ids, (hi - lo, k) each, best first.
+        Rows marked in `only_eos` (hi - lo,) may only end: </s> is their one finite choice.
+        One model ranks its raw logits (the softmax keeps their order) and normalises just
+        the k winners by the row's logsumexp: the (rows, vocab) scores are read twice, not
+        rewritten as log-probabilities. An ensemble needs the averaged log-probabilities.
+        """
+        if len(self.models) > 1:
+            scores, offset = self.log_probs(hiddens, lo, hi), None
+        else:
+            scores = self.models[0].decoder.output(hiddens[0][lo:hi])  # (rows, vocab) logits
+            offset = torch.logsumexp(scores.float(), 1, keepdim=True)  # (rows, 1)
+        if bool(only_eos.any()):
+            scores[only_eos, :EOS_ID] = scores[only_eos, EOS_ID + 1:] = float("-inf")
+        values, tokens = scores.topk(k, dim=1)
+        values = values.float()
+        return (values if offset is None else values - offset), tokens
+
     @staticmethod
     def select(states: list[State], rows: torch.Tensor) -> list[State]:
         """Keep (and reorder, or repeat) the batch rows `rows` of every state."""
@@ -72,7 +93,7 @@ class Ensemble:
         return total / len(self.models)
 
 
-CACHE_FLOATS = 1 << 20  # 4 MB of float32: what one chunk of scores may span
+CACHE_FLOATS = 1 << 22  # 16 MB of float32 (within L3): what one chunk of scores may span
 
 
 def _chunks(n: int, rows_per_item: int, vocab: int) -> list[tuple[int, int]]:
@@ -103,14 +124,10 @@ def greedy_search(
     while len(alive):
         hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens
-        maxima = []
-        for lo, hi in _chunks(len(alive), 1, ensemble.vocab_size):
-            logp = ensemble.log_probs(hiddens, lo, hi)  # (rows, vocab)
-            end = at_max[lo:hi]
-            logp[end, :EOS_ID] = logp[end, EOS_ID + 1:] = float("-inf")
-            maxima.append(logp.max(-1))
-        best = torch.cat([v for v, _ in maxima])
-        tokens = torch.cat([i for _, i in maxima])
+        maxima = [ensemble.top_tokens(hiddens, lo, hi, 1, at_max[lo:hi])
+                  for lo, hi in _chunks(len(alive), 1, ensemble.vocab_size)]
+        best = torch.cat([v for v, _ in maxima])[:, 0]
+        tokens = torch.cat([i for _, i in maxima])[:, 0]
         scores = scores + best
         done = tokens == EOS_ID
         for row in done.nonzero()[:, 0].tolist():
@@ -155,21 +172,18 @@ def beam_search(
     while len(alive):
         hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens  # (b,)
-        # Score in chunks of sentences whose (rows x vocab) floats stay in the CPU's cache:
-        # log-softmax, the sum with the beam scores and top-k then read memory once.
+        # Score in chunks of sentences whose (rows x vocab) scores stay in the CPU's cache.
+        # A sentence's 2k best candidates over (beam x vocab) are among the 2k best of each
+        # of its k rows: take those per row, then the best 2k of the k x 2k per sentence.
         tops = []
         for lo, hi in _chunks(len(alive), k, vocab):
-            logp = ensemble.log_probs(hiddens, lo * k, hi * k).view(-1, k, vocab)
-            end = at_max[lo:hi]
-            if bool(end.any()):
-                eos = logp[end, :, EOS_ID]
-                logp[end] = float("-inf")
-                logp[end, :, EOS_ID] = eos
-            candidates = (scores[lo:hi, :, None] + logp).view(-1, k * vocab)  # (rows, k * vocab)
-            tops.append(candidates.topk(min(2 * k, k * vocab), dim=1))  # (rows, 2k)
-        top_scores = torch.cat([v for v, _ in tops])
-        top = torch.cat([i for _, i in tops])
-        top_beam, top_token = top // vocab, top % vocab
+            logp, token = ensemble.top_tokens(hiddens, lo * k, hi * k, min(2 * k, vocab),
+                                              at_max[lo:hi].repeat_interleave(k))  # (rows, c)
+            c = logp.shape[1]
+            candidates = (scores[lo:hi, :, None] + logp.view(-1, k, c)).view(-1, k * c)
+            top_scores, top = candidates.topk(min(2 * k, k * c), dim=1)  # (s, 2k)
+            tops.append((top_scores, top // c, token.view(-1, k * c).gather(1, top)))
+        top_scores, top_beam, top_token = (torch.cat(parts) for parts in zip(*tops))  # (b, 2k)
         rows = torch.arange(len(alive), device=device)[:, None] * k + top_beam  # (b, 2k) into b*k
 
         # Complete hypotheses: </s> among the top k candidates.
@@ -181,8 +195,8 @@ def beam_search(
             best_done = torch.cat([best_done, ended], 1).topk(nbest, dim=1).values
 
         # Live hypotheses: the k best candidates that do not end (positions keep score order).
-        order = (top_token == EOS_ID).long() * top.shape[1] + torch.arange(top.shape[1],
-                                                                            device=device)
+        width = top_scores.shape[1]
+        order = (top_token == EOS_ID).long() * width + torch.arange(width, device=device)
         pick = order.topk(k, dim=1, largest=False).indices  # (b, k)
         scores = top_scores.gather(1, pick)
         done = at_max | (best_done[:, -1] >= scores[:, 0])
