@@ -104,3 +104,24 @@ def test_scoring_in_chunks_of_one_sentence_changes_nothing(ensemble, beam, monke
         assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
     for a, b in zip(greedy_search(ensemble, SOURCES), greedy):
         assert a.tokens == b.tokens and a.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_one_model_ranking_of_raw_logits_equals_log_softmax(ensemble, beam):
+    # An ensemble of the same model twice has the same log-probabilities, but is scored
+    # through the full averaged log-softmax rather than one model's logits + logsumexp.
+    twice = Ensemble(ensemble.models * 2)
+    for a, b in zip(beam_search(ensemble, SOURCES, beam_size=beam, nbest=beam),
+                    beam_search(twice, SOURCES, beam_size=beam, nbest=beam)):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+    with torch.inference_mode():
+        states = ensemble.encode(SOURCES[:2])
+        hiddens, _ = ensemble.advance(torch.full((2,), search.BOS_ID), states)
+        logp, tokens = ensemble.top_tokens(hiddens, 0, 2, 3, torch.tensor([False, True]))
+        full = ensemble.log_probs(hiddens, 0, 2)
+    assert torch.allclose(logp[0], full[0].topk(3).values, atol=1e-5)
+    assert tokens[0].tolist() == full[0].topk(3).indices.tolist()
+    assert tokens[1, 0] == search.EOS_ID
+    assert float(logp[1, 0]) == pytest.approx(float(full[1, search.EOS_ID]), abs=1e-5)
+    assert torch.isinf(logp[1, 1:]).all()
