@@ -387,9 +387,11 @@ def report(train: dict[str, list[dict]], ceilings: dict[str, dict],
            decode: dict[tuple[str, int], list[dict]], peer: str) -> str:
     """The Markdown tables: medians over the rounds, ratios to the peer."""
     med = lambda rs, key: median([r[key] for r in rs])  # noqa: E731
-    lines = ["| system | train tgt tok/s | train src+tgt tok/s | x peer | MFU | peak RSS | "
-             "peak memory of the process tree |", "|---|---:|---:|---:|---:|---:|---:|"]
-    base = med(train[peer], "tgt_tok_s")
+    lines = []
+    if train:
+        lines += ["| system | train tgt tok/s | train src+tgt tok/s | x peer | MFU | peak RSS | "
+                  "peak memory of the process tree |", "|---|---:|---:|---:|---:|---:|---:|"]
+        base = med(train[peer], "tgt_tok_s")
     for name, rs in train.items():
         mfu = ceilings.get(name)
         lines.append(_row([
@@ -398,8 +400,9 @@ def report(train: dict[str, list[dict]], ceilings: dict[str, dict],
             f"{mfu['mfu']:.0%} of {mfu['ceiling_gflops']:.0f} GFLOP/s" if mfu else "",
             f"{max(r['peak_rss_mb'] for r in rs):,} MB",
             f"{max(r.get('tree_peak_mb', r['peak_rss_mb']) for r in rs):,} MB"]))
-    lines += ["", "| system | mode | sent/s | tgt tok/s | x peer | BLEU | peak RSS |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    if decode:
+        lines += ["", "| system | mode | sent/s | tgt tok/s | x peer | BLEU | peak RSS |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
     for (name, beam), rs in decode.items():
         peer_rate = med(decode[(peer, beam)], "sent_s")
         lines.append(_row([name, rs[0]["mode"], f"{med(rs, 'sent_s'):,.1f}",
@@ -423,11 +426,20 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 12])
     parser.add_argument("--rounds", type=int, default=3,
                         help="A/B rounds: every system once per round, medians reported")
-    parser.add_argument("--json", type=Path, default=WORK / "peers.jsonl",
-                        help="every run's record, one JSON line each")
-    parser.add_argument("--report", type=Path, default=WORK / "peers.md",
-                        help="the Markdown tables (also printed)")
+    parser.add_argument("--parts", nargs="+", default=["train", "decode"],
+                        choices=["train", "decode"], help="what to measure (default both)")
+    parser.add_argument("--json", type=Path,
+                        help="every run's record, one JSON line each (default "
+                             "bench/.work/peers-PARTS.jsonl)")
+    parser.add_argument("--report", type=Path,
+                        help="the Markdown tables, also printed (default "
+                             "bench/.work/peers-PARTS.md)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    parts = "-".join(sorted(set(args.parts)))
+    args.json = args.json or WORK / f"peers-{parts}.jsonl"
+    args.report = args.report or WORK / f"peers-{parts}.md"
     if args.onmt_smoke:
         train = run_onmt_train(60)
         print(json.dumps(train), flush=True)
@@ -450,14 +462,27 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         return r
 
+    def finish(train, ceilings, decode) -> None:
+        log.close()
+        text = (f"{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians; decoding: our "
+                f"model trained {args.quality_steps} updates in bf16, decoded in the precision "
+                "named\n\n" + report(train, ceilings, decode, peer) + "\n")
+        args.report.write_text(text, encoding="utf-8")
+        print("\n" + text)
+
     # 1. Training throughput, the systems alternating within each round; then the matmul
     #    ceiling of our average step, for the MFU.
-    train: dict[str, list[dict]] = {name: [] for name in [*ours, peer]}
-    for _ in range(args.rounds):
+    train: dict[str, list[dict]] = {}
+    ceilings: dict[str, dict] = {}
+    for _ in range(args.rounds if "train" in args.parts else 0):
+        train = train or {name: [] for name in [*ours, peer]}
         for name, p in ours.items():
             train[name].append(record(run_ours_train(args.speed_steps, p)))
         train[peer].append(record(run_onmt_train(args.speed_steps)))
-    ceilings = {name: record(ceiling_of_runs(p, train[name])) for name, p in ours.items()}
+    if train:
+        ceilings = {name: record(ceiling_of_runs(p, train[name])) for name, p in ours.items()}
+    if "decode" not in args.parts:
+        return finish(train, ceilings, {})
 
     # 2. The models to decode: the same number of updates on the same data. Ours is trained
     #    once, in bf16 (the precision we recommend on CPUs with AVX-512 BF16), and decoded in
@@ -470,18 +495,13 @@ def main() -> None:
 
     # 3. Decoding, alternating likewise.
     decode: dict[tuple[str, int], list[dict]] = {
-        (name, beam): [] for name in [*ours, peer] for beam in args.beams}
+        (name, beam): [] for beam in args.beams for name in [*ours, peer]}
     for _ in range(args.rounds):
         for beam in args.beams:
             for name, p in ours.items():
                 decode[(name, beam)].append(record(run_ours_translate(model, beam, p)))
             decode[(peer, beam)].append(record(run_onmt_translate(onmt_model, beam)))
-    log.close()
-    text = (f"{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians; decoding: our model "
-            f"trained {args.quality_steps} updates in bf16, decoded in the precision named\n\n"
-            + report(train, ceilings, decode, peer) + "\n")
-    args.report.write_text(text, encoding="utf-8")
-    print("\n" + text)
+    finish(train, ceilings, decode)
 
 
 if __name__ == "__main__":

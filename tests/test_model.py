@@ -81,6 +81,17 @@ def test_encoder_reads_mixed_lengths_as_one_sentence_at_a_time():
         assert torch.allclose(g, p.grad, atol=1e-5)
 
 
+def test_encoder_segments_start_from_contiguous_states():
+    # cuDNN refuses a non-contiguous initial state; the CPU kernel would not notice.
+    m = model()
+    states = []
+    m.encoder.lstm.register_forward_pre_hook(lambda _, args: states.append(args[1:]))
+    m.encode(*source_batch(SRC, True))
+    carried = [s[0] for s in states if s and s[0] is not None]
+    assert len(carried) == 3  # 4 lengths: 3 segments start from a carried state
+    assert all(h.is_contiguous() and c.is_contiguous() for h, c in carried)
+
+
 def test_encoder_receives_reversed_source_in_training(data_dir):
     data = DataDir(data_dir)
     corpus = data.split("train")

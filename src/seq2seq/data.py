@@ -408,7 +408,7 @@ def source_batch(
     This is the one place the source is reversed ("a b c" -> "c b a"), for training and
     translation alike; padding always goes at the end.
     """
-    rows = [np.asarray(s, dtype=np.int64) for s in sentences]
+    rows = [_ids(s) for s in sentences]
     if reverse_source:
         rows = [r[::-1] for r in rows]
     src, lens = _pad(rows, offset=0)
@@ -418,12 +418,18 @@ def source_batch(
 
 def target_batch(sentences: Iterable[Iterable[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing input (<s> y) and output (y </s>), both (batch, max_len + 1)."""
-    rows = [np.asarray(s, dtype=np.int64) for s in sentences]
+    rows = [_ids(s) for s in sentences]
     tgt_in, lens = _pad(rows, offset=1)
     tgt_in[:, 0] = BOS_ID
     tgt_out, _ = _pad(rows, offset=0, width=tgt_in.shape[1])
     tgt_out[np.arange(len(rows)), lens] = EOS_ID
     return torch.from_numpy(tgt_in), torch.from_numpy(tgt_out)
+
+
+def _ids(sentence: Iterable[int]) -> np.ndarray:
+    if not isinstance(sentence, np.ndarray | list | tuple):
+        sentence = list(sentence)  # a generator
+    return np.asarray(sentence, dtype=np.int64)
 
 
 def _pad(rows: list[np.ndarray], offset: int, width: int | None = None

@@ -46,8 +46,8 @@ class Encoder(nn.Module):
         state, start = None, 0
         for end in sorted(set(lens.tolist())):
             going = int((lens >= end).sum())  # a prefix of the rows: they are sorted
-            if state is not None:
-                state = (state[0][:, :going], state[1][:, :going])
+            if state is not None:  # cuDNN needs contiguous states
+                state = (state[0][:, :going].contiguous(), state[1][:, :going].contiguous())
             _, state = self.lstm(x[:going, start:end], state)
             longer = int((lens > end).sum())
             finals.append((state[0][:, longer:going], state[1][:, longer:going]))
@@ -100,7 +100,8 @@ class Seq2Seq(nn.Module):
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Top-layer outputs (n, hidden) -> float32 log-probabilities (n, tgt_vocab)."""
-        return torch.log_softmax(self.decoder.output(hidden).float(), dim=-1)
+        # Straight from the logits' dtype to float32: one fused pass (faster than .float()).
+        return torch.log_softmax(self.decoder.output(hidden), dim=-1, dtype=torch.float32)
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,

@@ -63,20 +63,11 @@ class Ensemble:
 
         Returns their float32 log-probabilities and ids, (hi - lo, k) each, best first.
         Rows marked in `only_eos` (hi - lo,) may only end: </s> is their one finite choice.
-        One model ranks its raw logits (the softmax keeps their order) and normalises just
-        the k winners by the row's logsumexp: the (rows, vocab) scores are read twice, not
-        rewritten as log-probabilities. An ensemble needs the averaged log-probabilities.
         """
-        if len(self.models) > 1:
-            scores, offset = self.log_probs(hiddens, lo, hi), None
-        else:
-            scores = self.models[0].decoder.output(hiddens[0][lo:hi])  # (rows, vocab) logits
-            offset = torch.logsumexp(scores.float(), 1, keepdim=True)  # (rows, 1)
+        logp = self.log_probs(hiddens, lo, hi)  # (rows, vocab)
         if bool(only_eos.any()):
-            scores[only_eos, :EOS_ID] = scores[only_eos, EOS_ID + 1:] = float("-inf")
-        values, tokens = scores.topk(k, dim=1)
-        values = values.float()
-        return (values if offset is None else values - offset), tokens
+            logp[only_eos, :EOS_ID] = logp[only_eos, EOS_ID + 1:] = float("-inf")
+        return logp.topk(k, dim=1)
 
     @staticmethod
     def select(states: list[State], rows: torch.Tensor) -> list[State]:

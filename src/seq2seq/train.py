@@ -51,6 +51,8 @@ def _clip_grad_norm(params, max_norm: float) -> float:
     actually clipped (the norm is read on the host anyway, for the log).
     """
     grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
     norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
     if norm > max_norm:
         torch._foreach_mul_(grads, max_norm / (norm + 1e-6))

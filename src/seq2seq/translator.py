@@ -49,7 +49,11 @@ def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, dict]:
 
 
 class Translator:
-    """One model or an ensemble, with the vocabularies and tokenizers it was trained with."""
+    """One model or an ensemble, with the vocabularies and tokenizers it was trained with.
+
+    The models are cast in place to the dtype of `precision`: a Translator owns its models
+    (`Translator.load` gives it fresh ones); don't share them with another Translator.
+    """
 
     def __init__(
         self, models: list[Seq2Seq], src_vocab: Vocabulary, tgt_vocab: Vocabulary,
