@@ -29,3 +29,9 @@ def test_table1_writes_every_row_and_the_rescoring(data_dir, tmp_path):
     for heading in ("Reversing the source", "Beam size and ensembles", "Rescoring",
                     "What agrees with the paper", "Commands and wall times"):
         assert heading in text
+    # The report can be written again from the JSON alone, with the same tables.
+    again = tmp_path / "again.md"
+    subprocess.run([sys.executable, str(ROOT / "experiments" / "table1.py"), "--from-json",
+                    str(out.with_suffix(".json")), "--out", str(again)], check=True,
+                   capture_output=True)
+    assert again.read_text().splitlines()[3:] == text.splitlines()[3:]

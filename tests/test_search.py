@@ -107,9 +107,9 @@ def test_scoring_in_chunks_of_one_sentence_changes_nothing(ensemble, beam, monke
 
 
 @pytest.mark.parametrize("beam", [1, 4])
-def test_one_model_ranking_of_raw_logits_equals_log_softmax(ensemble, beam):
-    # An ensemble of the same model twice has the same log-probabilities, but is scored
-    # through the full averaged log-softmax rather than one model's logits + logsumexp.
+def test_ensemble_of_one_model_twice_equals_the_model(ensemble, beam):
+    # The same log-probabilities, averaged: the same hypotheses and scores. And the
+    # per-row top-k that beam search builds on equals the top-k of the full distribution.
     twice = Ensemble(ensemble.models * 2)
     for a, b in zip(beam_search(ensemble, SOURCES, beam_size=beam, nbest=beam),
                     beam_search(twice, SOURCES, beam_size=beam, nbest=beam)):
