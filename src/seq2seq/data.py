@@ -434,8 +434,9 @@ def _ids(sentence: Iterable[int]) -> np.ndarray:
 
 def _pad(rows: list[np.ndarray], offset: int, width: int | None = None
          ) -> tuple[np.ndarray, np.ndarray]:
-    """rows -> (n, width) array holding row i at columns offset..offset+len_i, <pad> elsewhere
-    (width at least 1 + the longest row's end), and the (n,) lengths."""
+    """rows -> an (n, width) array holding row i at columns offset .. offset + len_i - 1 and
+    <pad> elsewhere, and the (n,) lengths. `width` defaults to the end of the longest row
+    (at least 1)."""
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     width = width or max(1, offset + int(lens.max(initial=0)))
     out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
