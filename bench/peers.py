@@ -464,9 +464,10 @@ def main() -> None:
 
     def finish(train, ceilings, decode) -> None:
         log.close()
-        text = (f"{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians; decoding: our "
-                f"model trained {args.quality_steps} updates in bf16, decoded in the precision "
-                "named\n\n" + report(train, ceilings, decode, peer) + "\n")
+        about = (f"; decoding: our model trained {args.quality_steps} updates in bf16, decoded "
+                 "in the precision named" if decode else "")
+        text = (f"{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians{about}\n\n"
+                + report(train, ceilings, decode, peer) + "\n")
         args.report.write_text(text, encoding="utf-8")
         print("\n" + text)
 

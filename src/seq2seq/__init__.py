@@ -14,9 +14,10 @@ def _bound_cpu_memory() -> None:
     of them), and bucketed batches come in many shapes: cap the cache at 16 entries. On the
     benchmark model (bench/benchmark.yaml, bf16) 16 entries instead of 64 took the peak RSS
     of 200 updates from 1,346 MB to 1,113 MB at 2,448 vs 2,542 target tokens/s, within the
-    machine's noise. Must be set before torch runs its first kernel; a user's own setting
-    wins. (Serving mid-size blocks from mmap bounded memory further but made training 5x
-    slower, so glibc's allocator is left alone.)
+    machine's noise; decoding, whose shrinking batches make many shapes, pays ~10% (see
+    bench/RESULTS.md, History). Must be set before torch runs its first kernel; a user's
+    own setting wins. (Serving mid-size blocks from mmap bounded memory further but made
+    training 5x slower, so glibc's allocator is left alone.)
     """
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 

@@ -99,8 +99,9 @@ class Seq2Seq(nn.Module):
         return out[:, 0], state
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Top-layer outputs (n, hidden) -> float32 log-probabilities (n, tgt_vocab)."""
-        # Straight from the logits' dtype to float32: one fused pass (faster than .float()).
+        """Top-layer outputs (..., hidden) -> float32 log-probabilities (..., tgt_vocab)."""
+        # Straight from the logits' dtype to float32: one fused pass, no float32 copy of
+        # the logits first.
         return torch.log_softmax(self.decoder.output(hidden), dim=-1, dtype=torch.float32)
 
     def forward(
@@ -125,8 +126,7 @@ class Seq2Seq(nn.Module):
         Summed over a row, it is the sentence's -log p(T|S).
         """
         hidden, _ = self.decoder(tgt_in, self.encode(src, src_lens))
-        logp = torch.log_softmax(self.decoder.output(hidden).float(), dim=-1)
-        nll = -logp.gather(2, tgt_out[..., None]).squeeze(2)
+        nll = -self.log_probs(hidden).gather(2, tgt_out[..., None]).squeeze(2)
         return nll.masked_fill(tgt_out == PAD_ID, 0.0)
 
 
@@ -168,9 +168,9 @@ class _ChunkedNLL(torch.autograd.Function):
         for s in range(0, len(hidden), chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
             rows = torch.arange(len(t), device=t.device)
-            # log_softmax of float32 logits: one fused kernel (it is much slower when asked
-            # to convert from bf16 itself), then exp_ turns it into the softmax in place.
-            probs = torch.log_softmax(torch.addmm(b, h, w.t()).float(), 1)
+            # float32 log-softmax straight from the logits' dtype (as `log_probs`), then
+            # exp_ turns it into the softmax in place.
+            probs = torch.log_softmax(torch.addmm(b, h, w.t()), 1, dtype=torch.float32)
             total -= probs[rows, t].sum()
             probs.exp_()
             probs[rows, t] -= 1.0  # d nll / d logits = softmax - onehot(target)
