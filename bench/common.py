@@ -162,3 +162,15 @@ def ceiling_of_runs(precision: str, runs: list[dict], data: Path = BENCH_DATA) -
                       "ceiling", "--precision", precision, "--per-step", str(src), str(tgt)])
     tok_s = median([r["tgt_tok_s"] for r in runs])
     return {**ceil, "mfu": round(tok_s / ceil["ceiling_tgt_tok_s"], 3)}
+
+
+def median_ceiling(ceilings: list[dict], runs: list[dict]) -> dict:
+    """One ceiling from several measured ones (`ceiling_of_runs` of each round, so that each
+    was taken in the same conditions as its round's training): the median ceiling, and the
+    MFU of the median throughput of `runs` against it."""
+    ceiling = median([c["ceiling_gflops"] for c in ceilings])
+    ceiling_tok_s = median([c["ceiling_tgt_tok_s"] for c in ceilings])
+    tok_s = median([r["tgt_tok_s"] for r in runs])
+    return {"precision": ceilings[0]["precision"], "ceiling_gflops": ceiling,
+            "ceiling_tgt_tok_s": ceiling_tok_s, "mfu": round(tok_s / ceiling_tok_s, 3),
+            "ceilings_gflops": [c["ceiling_gflops"] for c in ceilings]}

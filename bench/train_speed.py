@@ -4,8 +4,8 @@ For each precision asked for, a fresh process builds the trainer of `bench/bench
 takes the real training batches in their training order, runs `--warmup` updates untimed
 and then `--steps` timed ones (forward, backward, clipping, SGD: `Trainer.train_step`).
 Target tokens count </s>. In the same run, the matmul ceiling of the model's own shapes
-is measured for float32 and bf16 (see `bench/common.py` for the FLOP formula and the
-ceiling), and MFU is reported against the ceiling of the precision trained in.
+is measured after each run (see `bench/common.py` for the FLOP formula and the ceiling),
+and MFU is the median throughput against the median ceiling of the precision trained in.
 
     .venv/bin/python bench/train_speed.py                       # fp32 and bf16, 3 repeats
     .venv/bin/python bench/train_speed.py --precision bf16 --repeats 1 --steps 100
@@ -29,6 +29,7 @@ from common import (  # noqa: E402
     ceiling_of_runs,
     matmul_ceiling,
     median,
+    median_ceiling,
     peak_rss_mb,
     prepare_bench_data,
     run_child,
@@ -109,14 +110,16 @@ def main() -> None:
     me = [__file__, "--data", str(args.data), "--steps", str(args.steps),
           "--warmup", str(args.warmup), *args.overrides]
     runs: dict[str, list[dict]] = {p: [] for p in args.precision}
+    ceilings: dict[str, list[dict]] = {p: [] for p in args.precision}
     for _ in range(args.repeats):  # precisions alternate, so drift hits both alike
-        for p in args.precision:
+        for p in args.precision:  # each run, then the ceiling of its step, measured after it
             runs[p].append(run_child([*me, "--child", "train", "--precision", p]))
             print(json.dumps(runs[p][-1]), flush=True)
+            ceilings[p].append(ceiling_of_runs(p, runs[p][-1:], args.data))
+            print(json.dumps(ceilings[p][-1]), flush=True)
     records = []
     for p, rs in runs.items():
-        ceil = ceiling_of_runs(p, rs, args.data)
-        print(json.dumps(ceil), flush=True)
+        ceil = median_ceiling(ceilings[p], rs)
         records.append({
             "precision": p, "tgt_tok_s": median([r["tgt_tok_s"] for r in rs]),
             "src_tgt_tok_s": median([r["src_tgt_tok_s"] for r in rs]),

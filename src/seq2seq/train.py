@@ -32,7 +32,15 @@ from tqdm import tqdm
 from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, OptimConfig, config_from_dict
 from seq2seq.data import Batch, DataDir, collate, make_batches
-from seq2seq.device import autocast, configure, dist_backend, grad_scaler, resolve_device
+from seq2seq.device import (
+    autocast,
+    configure,
+    dist_backend,
+    grad_scaler,
+    release_free_memory,
+    resolve_device,
+    size_kernel_cache,
+)
 from seq2seq.errors import ConfigError, DataError
 from seq2seq.model import Seq2Seq, count_parameters
 
@@ -42,6 +50,8 @@ RESUMABLE_CHANGES = {
     "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
     "train.checkpoint_every", "train.threads", "train.device",
 }
+# Updates between two returns of freed CPU memory to the OS (see `release_free_memory`).
+TRIM_EVERY = 10
 
 
 def _clip_grad_norm(params, max_norm: float) -> float:
@@ -85,6 +95,7 @@ class Trainer:
         self.rank, self.world = _dist_info()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.device = resolve_device(cfg.train.device)
+        size_kernel_cache("train")
         configure(self.device, cfg.train.threads)
         self.data = DataDir(data_dir)
         self.train_set = self.data.split("train")
@@ -165,6 +176,8 @@ class Trainer:
         self.scaler.update()
         self.pos.step += 1
         self.pos.batch += 1
+        if self.pos.step % TRIM_EVERY == 0:
+            release_free_memory(self.device)
         # Report the global batch, not this rank's share of it.
         nll = nll.detach().clone()
         if self.world > 1:

@@ -19,7 +19,13 @@ import torch
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import config_from_dict
 from seq2seq.data import source_batch
-from seq2seq.device import autocast, check_precision, compute_dtype, resolve_device
+from seq2seq.device import (
+    autocast,
+    check_precision,
+    compute_dtype,
+    resolve_device,
+    size_kernel_cache,
+)
 from seq2seq.errors import CheckpointError, warn
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Ensemble, Hypothesis, beam_search, greedy_search
@@ -76,6 +82,7 @@ class Translator:
         `precision` bf16 (or fp16 on CUDA) casts the weights to that type (the models of a
         Translator are cast in place); log-probabilities and scores stay float32.
         """
+        size_kernel_cache("decode")
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         dev = resolve_device(device)
         loaded = [load_model(p, dev) for p in paths]
