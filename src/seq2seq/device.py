@@ -20,6 +20,7 @@ import os
 
 import torch
 
+from seq2seq import USER_KERNEL_CACHE
 from seq2seq.errors import ConfigError
 
 
@@ -94,9 +95,7 @@ def size_kernel_cache(workload: str) -> None:
     ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN reads it when it compiles its first kernel, so
     this must come before any CPU computation of the process; after that it does nothing.
     """
-    import seq2seq
-
-    if not seq2seq.USER_KERNEL_CACHE:
+    if not USER_KERNEL_CACHE:
         os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(KERNEL_CACHE[workload])
 
 
