@@ -68,6 +68,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # intra-op CPU threads; default: what torch picks
     loss_chunk: int = 4096  # target positions per chunk of the output softmax
+    trim_every: int = 10  # updates between returns of freed CPU memory to the OS; 0 = never
 
 
 @dataclass

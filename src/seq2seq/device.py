@@ -112,10 +112,12 @@ def release_free_memory(device: torch.device) -> None:
     """Hand the pages of freed CPU tensors back to the OS (glibc's `malloc_trim`).
 
     Every training batch has its own shape, so its tensors have their own sizes, and glibc
-    serves most of them from a heap that fragments: in 200 bf16 updates of the benchmark
-    model the heap grew to 846 MB with 260 MB in use, and peak RSS to 1,145 MB. Trimming
-    every 10 updates kept the peak at ~900 MB for ~2% of the speed (every update: -20%,
-    because the pages must be faulted in again). A no-op on CUDA and without glibc.
+    serves most of them from a heap that fragments. On the benchmark model in bf16, trimming
+    every 10 updates (`train.trim_every`, the default) took the peak RSS of 220 updates from
+    1,044-1,225 MB to 903-935 MB at 2,309-2,489 vs 2,489-2,625 target tokens/s (`.venv/bin/
+    python bench/train_speed.py --child train --precision bf16 --steps 200
+    train.trim_every=0|10`, alternating); `train.trim_every=0` trades the memory back for
+    that speed. A no-op on CUDA and without glibc.
     """
     trim = _malloc_trim() if device.type == "cpu" else None
     if trim is not None:

@@ -48,10 +48,8 @@ from seq2seq.model import Seq2Seq, count_parameters
 # of the steps already taken).
 RESUMABLE_CHANGES = {
     "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
-    "train.checkpoint_every", "train.threads", "train.device",
+    "train.checkpoint_every", "train.threads", "train.device", "train.trim_every",
 }
-# Updates between two returns of freed CPU memory to the OS (see `release_free_memory`).
-TRIM_EVERY = 10
 
 
 def _clip_grad_norm(params, max_norm: float) -> float:
@@ -176,8 +174,8 @@ class Trainer:
         self.scaler.update()
         self.pos.step += 1
         self.pos.batch += 1
-        if self.pos.step % TRIM_EVERY == 0:
-            release_free_memory(self.device)
+        if cfg.train.trim_every and self.pos.step % cfg.train.trim_every == 0:
+            release_free_memory(self.device)  # see there: glibc's heap fragments
         # Report the global batch, not this rank's share of it.
         nll = nll.detach().clone()
         if self.world > 1:
