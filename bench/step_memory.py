@@ -55,7 +55,7 @@ def one_step(setting: str, threads: int) -> dict[str, float | str]:
     if setting == "autograd":
         nll = model.token_nll(src, src_lens, tgt_in, tgt_out).sum()
     else:
-        nll = model(src, src_lens, tgt_in, tgt_out, chunk=int(setting))
+        nll, _ = model(src, src_lens, tgt_in, tgt_out, chunk=int(setting))
     optimizer.zero_grad(set_to_none=True)
     (nll / BATCH).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)

@@ -117,6 +117,15 @@ def test_translate_nbest_format(capsys, tmp_path, trained_run):
     assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.parametrize("alpha", ["-1", "nan", "inf"])
+def test_translate_bad_length_penalty(capsys, tmp_path, trained_run, alpha):
+    out = tmp_path / "out.fr"
+    code, _, err = run(capsys, "translate", "--model", trained_run / "best.pt",
+                       "--length-penalty", alpha, "--output", out)
+    one_line_error(code, err, "--length-penalty must be a finite number >= 0", alpha)
+    assert not out.exists()
+
+
 def test_translate_reads_stdin(trained_run):
     proc = subprocess.run(
         [sys.executable, "-m", "seq2seq", "translate", "--model", str(trained_run / "best.pt"),
@@ -131,6 +140,7 @@ def test_evaluate_json(capsys, corpus, trained_run):
     assert code == 0
     metrics = json.loads(out)
     assert metrics["sentences"] == 100 and metrics["beam"] == 2
+    assert metrics["length_penalty"] == 0.0
     assert 0 <= metrics["bleu"] <= 100 and metrics["ppl"] > 1
 
 

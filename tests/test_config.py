@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,10 @@ def test_overrides_are_typed():
     ("model: {num_layers: true}", "model.num_layers must be int"),
     ("optim: {optimizer: rmsprop}", "optim.optimizer must be one of sgd, adam"),
     ("train: {precision: fp8}", "train.precision must be one of"),
+    ("optim: {label_smoothing: 1.0}", r"optim.label_smoothing must be in [0.0, 1.0), got 1.0"),
+    ("optim: {label_smoothing: -0.1}", "optim.label_smoothing must be in"),
+    ("optim: {label_smoothing: .nan}", "optim.label_smoothing must be in"),
+    ("train: {trim_every: -1}", "train.trim_every must be >= 0, got -1"),
     ("model: 3", "model must be a mapping"),
     ("[1, 2]", "expected a mapping"),
     ("model: {a: [}", "not valid YAML"),
@@ -46,7 +51,7 @@ def test_overrides_are_typed():
 def test_bad_config_names_the_key(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(path)
 
 

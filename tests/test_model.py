@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from seq2seq.config import ModelConfig
 from seq2seq.data import Batch, DataDir, collate, source_batch, target_batch
-from seq2seq.model import Seq2Seq, chunked_nll, count_parameters
+from seq2seq.model import Seq2Seq, chunked_loss, chunked_nll, count_parameters
 
 CFG = ModelConfig(embed_dim=16, hidden_size=24, num_layers=2, src_vocab=50, tgt_vocab=40)
 SRC = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [4, 15, 16, 17, 18, 19, 20]]
@@ -24,8 +24,8 @@ def batch(src, tgt, reverse=True):
 def test_padded_batch_loss_is_mean_of_sentence_losses():
     m = model()
     b = batch(SRC, TGT)
-    batch_loss = m(b.src, b.src_lens, b.tgt_in, b.tgt_out) / b.size
-    one_by_one = [m(*vars(batch([s], [t])).values()) for s, t in zip(SRC, TGT)]
+    batch_loss = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)[1] / b.size
+    one_by_one = [m(*vars(batch([s], [t])).values())[1] for s, t in zip(SRC, TGT)]
     assert torch.allclose(batch_loss, torch.stack(one_by_one).mean(), rtol=1e-5)
     # ... and each sentence loss is -log p(T|S), the sum of its token losses.
     per_token = m.token_nll(b.src, b.src_lens, b.tgt_in, b.tgt_out).sum(1)
@@ -50,6 +50,36 @@ def test_chunked_nll_matches_cross_entropy_in_value_and_gradient():
         assert torch.allclose(g, t.grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         assert torch.allclose(chunked_nll(hidden, weight, bias, targets, 7) * 0.5, ref)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_label_smoothing_matches_cross_entropy_in_value_and_gradient(grad):
+    torch.manual_seed(2)
+    hidden = torch.randn(23, 8, requires_grad=grad)
+    weight = torch.randn(31, 8, requires_grad=grad)
+    bias = torch.randn(31, requires_grad=grad)
+    targets = torch.randint(0, 31, (23,))
+    loss, nll = chunked_loss(hidden, weight, bias, targets, chunk=6, label_smoothing=0.1)
+    logits = hidden @ weight.t() + bias
+    ref = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=0.1)
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    assert torch.allclose(nll, F.cross_entropy(logits, targets, reduction="sum"), rtol=1e-5)
+    assert loss.item() != pytest.approx(nll.item(), rel=1e-3)  # smoothing did something
+    if grad:
+        assert not nll.requires_grad
+        expected = torch.autograd.grad(ref, (hidden, weight, bias))
+        loss.backward()
+        for g, t in zip(expected, (hidden, weight, bias)):
+            assert torch.allclose(t.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_model_loss_is_its_nll_without_smoothing_and_differs_with_it():
+    m = model()
+    b = batch(SRC, TGT)
+    loss, nll = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+    assert torch.equal(loss, nll)
+    smoothed, nll2 = m(b.src, b.src_lens, b.tgt_in, b.tgt_out, label_smoothing=0.2)
+    assert torch.allclose(nll2, nll) and not torch.allclose(smoothed, nll)
 
 
 def test_chunked_nll_is_exact_for_confidently_wrong_predictions():
@@ -135,8 +165,8 @@ def test_paper_model_has_384m_parameters():
 def test_bf16_autocast_loss_close_to_fp32(precision):
     m = model()
     b = batch(SRC, TGT)
-    ref = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+    ref = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)[1]
     with torch.autocast("cpu", dtype=precision):
-        low = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+        low = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)[1]
     assert low.dtype == torch.float32
     assert torch.allclose(low, ref, rtol=0.02)

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -125,3 +127,58 @@ def test_ensemble_of_one_model_twice_equals_the_model(ensemble, beam):
     assert tokens[1, 0] == search.EOS_ID
     assert float(logp[1, 0]) == pytest.approx(float(full[1, search.EOS_ID]), abs=1e-5)
     assert torch.isinf(logp[1, 1:]).all()
+
+
+@pytest.fixture(scope="module")
+def few_words():
+    """A model that can only say </s> and three words (ids 5-7), so that every output of up
+    to 4 words can be listed: 1 + 3 + 9 + 27 + 81 of them."""
+    model = untrained(0)
+    with torch.no_grad():
+        out = model.decoder.output
+        banned = torch.ones(out.out_features, dtype=torch.bool)
+        banned[[search.EOS_ID, *FEW_WORDS]] = False
+        out.weight[banned], out.bias[banned] = 0.0, -50.0
+        out.weight.mul_(0.3)
+    return Ensemble([model])
+
+
+FEW_WORDS = [5, 6, 7]
+
+
+def _exhaustive_best(ensemble, src, max_tokens, alpha):
+    """Every output of up to `max_tokens` words, scored by teacher forcing: the best by
+    log p / lp(length with </s>)."""
+    outputs = [[]]
+    for n in range(1, max_tokens + 1):
+        outputs += [list(t) for t in itertools.product(FEW_WORDS, repeat=n)]
+    with torch.inference_mode():
+        logp = ensemble.token_logprobs([src] * len(outputs), outputs).sum(1).tolist()
+    ranked = [lp / search.length_norm(len(o) + 1, alpha) for o, lp in zip(outputs, logp)]
+    best = max(range(len(outputs)), key=ranked.__getitem__)
+    return outputs[best], logp[best]
+
+
+def test_beam_with_length_penalty_finds_the_exhaustive_best(few_words):
+    # A beam of 81 keeps every prefix of up to 4 words alive, so beam search must find the
+    # exhaustive best: its early stop may not cut off a hypothesis that would rank first.
+    lengths = set()
+    for alpha in (0.0, 1.0, 3.0):
+        for src in SOURCES:
+            ((hyp,),) = beam_search(few_words, [src], beam_size=81, max_len_a=0.0,
+                                    max_len_b=4, length_penalty=alpha)
+            tokens, logp = _exhaustive_best(few_words, src, 4, alpha)
+            assert hyp.tokens == tokens
+            assert hyp.score == pytest.approx(logp, abs=1e-4)  # the score stays log p
+            lengths.add(len(tokens))
+    assert len(lengths) > 1  # the penalty changed which output ranks first
+
+
+def test_length_penalty_ranks_by_normalised_score_and_lengthens(few_words):
+    plain = beam_search(few_words, SOURCES, beam_size=6, nbest=6)
+    long = beam_search(few_words, SOURCES, beam_size=6, nbest=6, length_penalty=2.0)
+    for nbest in long:
+        ranked = [h.score / search.length_norm(len(h.tokens) + 1, 2.0) for h in nbest]
+        assert ranked == sorted(ranked, reverse=True)
+    lengths = [[len(nb[0].tokens) for nb in hyps] for hyps in (plain, long)]
+    assert all(b >= a for a, b in zip(*lengths)) and sum(lengths[1]) > sum(lengths[0])

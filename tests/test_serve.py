@@ -50,6 +50,13 @@ def test_translate_matches_the_offline_translator(client, translator):
         assert len(served["nbest"]) == 2
 
 
+def test_translate_with_length_penalty_matches_the_offline_translator(client, translator):
+    body = {"sentences": SENTENCES[:4], "beam": 4, "length_penalty": 1.5}
+    got = client.post("/translate", json=body).json()["translations"]
+    offline = translator.translate(SENTENCES[:4], beam=4, length_penalty=1.5)
+    assert [t["text"] for t in got] == [t.text for t in offline]
+
+
 def test_translate_defaults_to_the_papers_beam_and_one_best(client, translator):
     (served,) = client.post("/translate", json={"sentences": ["Go!"]}).json()["translations"]
     (offline,) = translator.translate(["Go!"], beam=12)
@@ -120,6 +127,8 @@ def test_too_large_streamed_body_is_413(client):
     ({"sentences": "Go!"}, 422, ["sentences"]),
     ({"sentences": [1, 2]}, 422, ["sentences"]),
     ({"sentences": ["Go!"], "beam": "wide"}, 422, ["beam"]),
+    ({"sentences": ["Go!"], "length_penalty": -1}, 422, ["length_penalty", "0"]),
+    ({"sentences": ["Go!"], "length_penalty": 11}, 422, ["length_penalty", "10"]),
     ({"sentence": ["Go!"]}, 422, ["sentences", "missing"]),
 ])
 def test_bad_requests_are_refused_naming_the_field(client, body, status, names):

@@ -183,6 +183,9 @@ def _model_args(p: argparse.ArgumentParser, decoding: bool = True) -> None:
         p.add_argument("--max-len-a", type=float, default=2.0, metavar="A",
                        help="max output length A * source length + B (default A=2)")
         p.add_argument("--max-len-b", type=int, default=10, metavar="B", help="(default B=10)")
+        p.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
+                       help="rank beam hypotheses by log p / ((5 + length) / 6) ** ALPHA "
+                            "(default 0: by log p, as in the paper)")
 
 
 # ---------------------------------------------------------------------------- verbs
@@ -246,7 +249,8 @@ def cmd_translate(args) -> None:
         while chunk := list(islice(lines, INPUT_CHUNK)):
             results = translator.translate(
                 chunk, beam=args.beam, nbest=args.nbest, batch_size=args.batch_size,
-                max_len_a=args.max_len_a, max_len_b=args.max_len_b, first_line=offset + 1)
+                max_len_a=args.max_len_a, max_len_b=args.max_len_b, first_line=offset + 1,
+                length_penalty=args.length_penalty)
             for i, r in enumerate(results, start=offset):
                 if args.nbest == 1:
                     out.write(r.text + "\n")
@@ -281,7 +285,7 @@ def cmd_evaluate(args) -> None:
     sources, refs = zip(*pairs)
     metrics, hyps = evaluate(translator, sources, refs, beam=args.beam,
                              batch_size=args.batch_size, max_len_a=args.max_len_a,
-                             max_len_b=args.max_len_b)
+                             max_len_b=args.max_len_b, length_penalty=args.length_penalty)
     metrics["models"] = args.model
     if args.hyps:
         Path(args.hyps).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
@@ -360,7 +364,8 @@ def cmd_plot(args) -> None:
                             f"{len(sources)}")
     else:
         hyps = [t.text for t in translator.translate(sources, beam=args.beam,
-                                                     batch_size=args.batch_size)]
+                                                     batch_size=args.batch_size,
+                                                     length_penalty=args.length_penalty)]
     tokens = [translator.src_tokenizer.tokenize(s) for s in sources]
     if args.kind == "length":
         keys = [len(t) for t in tokens]
@@ -385,6 +390,9 @@ def _load(args):
     from seq2seq.translator import Translator
 
     _check_positive(args, "batch_size", "beam")
+    alpha = getattr(args, "length_penalty", 0.0)
+    if not 0.0 <= alpha < float("inf"):
+        raise Seq2SeqError(f"--length-penalty must be a finite number >= 0, got {alpha}")
     return Translator.load(args.model, device=args.device, precision=args.precision)
 
 

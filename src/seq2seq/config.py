@@ -56,6 +56,9 @@ class OptimConfig:
     decay_every: float = 0.5  # epochs between two decays
     decay_factor: float = 0.5
     max_steps: int | None = None  # stop after this many updates (overrides epochs)
+    # Train against (1 - eps) x onehot + eps / vocab instead of the onehot target (not in
+    # the paper; 0 = off). Perplexities are still of the plain NLL.
+    label_smoothing: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
 
 
 @dataclass
@@ -68,7 +71,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # intra-op CPU threads; default: what torch picks
     loss_chunk: int = 4096  # target positions per chunk of the output softmax
-    trim_every: int = 10  # updates between returns of freed CPU memory to the OS; 0 = never
+    # updates between returns of freed CPU memory to the OS; 0 = never
+    trim_every: int = field(default=10, metadata={"range": (0, None)})
 
 
 @dataclass
@@ -129,13 +133,26 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
             f"{where}: unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})"
         )
     values = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in raw.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, f"{prefix}{name}.", where)
         else:
             values[name] = _check(value, hint, f"{prefix}{name}", where)
+            _check_range(values[name], fields[name].metadata.get("range"), f"{prefix}{name}",
+                         where)
     return cls(**values)
+
+
+def _check_range(value: Any, bounds: tuple | None, key: str, where: str) -> None:
+    """`bounds` (low, high): low <= value, and value < high (None: no bound)."""
+    if bounds is None or value is None:
+        return
+    low, high = bounds
+    if not (value >= low and (high is None or value < high)):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ConfigError(f"{where}: {key} must be {allowed}, got {value!r}")
 
 
 def _check(value: Any, hint: Any, key: str, where: str) -> Any:

@@ -47,16 +47,19 @@ def perplexity(translator: Translator, sources: Sequence[str], refs: Sequence[st
 def evaluate(
     translator: Translator, sources: Sequence[str], refs: Sequence[str], beam: int = 12,
     batch_size: int = 64, max_len_a: float = 2.0, max_len_b: int = 10,
+    length_penalty: float = 0.0,
 ) -> tuple[dict[str, Any], list[str]]:
     """Translate `sources` and score against `refs`: (metrics, hypotheses)."""
     if len(sources) != len(refs):
         raise ValueError(f"{len(sources)} sources but {len(refs)} references")
     start = time.perf_counter()
     hyps = [t.text for t in translator.translate(sources, beam=beam, batch_size=batch_size,
-                                                 max_len_a=max_len_a, max_len_b=max_len_b)]
+                                                 max_len_a=max_len_a, max_len_b=max_len_b,
+                                                 length_penalty=length_penalty)]
     elapsed = time.perf_counter() - start
     metrics = {
-        "sentences": len(sources), "beam": beam, **bleu_chrf(hyps, refs),
+        "sentences": len(sources), "beam": beam, "length_penalty": length_penalty,
+        **bleu_chrf(hyps, refs),
         "tok_bleu": tokenized_bleu(hyps, refs, translator.tgt_tokenizer.lang),
         "ppl": perplexity(translator, sources, refs, batch_size),
         "translate_seconds": round(elapsed, 2),

@@ -106,16 +106,19 @@ class Seq2Seq(nn.Module):
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
-        tgt_out: torch.Tensor, chunk: int = 4096,
-    ) -> torch.Tensor:
-        """Summed negative log-likelihood of all target tokens of the batch (a scalar).
+        tgt_out: torch.Tensor, chunk: int = 4096, label_smoothing: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss, NLL) summed over all target tokens of the batch: two scalars.
 
-        Padding positions are dropped before the output layer, so they cost nothing.
+        The loss is the NLL unless `label_smoothing` eps > 0 (see `chunked_loss`); only the
+        loss carries a gradient. Padding positions are dropped before the output layer, so
+        they cost nothing.
         """
         hidden, _ = self.decoder(tgt_in, self.encode(src, src_lens))
         mask = tgt_out != PAD_ID
         out = self.decoder.output
-        return chunked_nll(hidden[mask], out.weight, out.bias, tgt_out[mask], chunk)
+        return chunked_loss(hidden[mask], out.weight, out.bias, tgt_out[mask], chunk,
+                            label_smoothing)
 
     def token_nll(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
@@ -134,35 +137,55 @@ def chunked_nll(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
     chunk: int,
 ) -> torch.Tensor:
-    """sum_i -log softmax(hidden_i @ weight.T + bias)[targets_i], `chunk` rows at a time.
+    """sum_i -log softmax(hidden_i @ weight.T + bias)[targets_i], `chunk` rows at a time."""
+    return chunked_loss(hidden, weight, bias, targets, chunk)[0]
 
-    hidden (n, hidden), weight (vocab, hidden), bias (vocab,), targets (n,). Only one
-    (chunk, vocab) block of logits exists at a time, in training as well: the gradients are
-    computed chunk by chunk during the forward pass (`_ChunkedNLL`).
+
+def chunked_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
+    chunk: int, label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, NLL) of the output layer, log-softmax and targets, `chunk` rows at a time.
+
+    hidden (n, hidden), weight (vocab, hidden), bias (vocab,), targets (n,). The NLL is
+    sum_i -log p_i[targets_i], with p_i = softmax(hidden_i @ weight.T + bias). With label
+    smoothing eps, the loss is the cross-entropy against (1 - eps) x onehot + eps / vocab:
+
+        loss = sum_i (1 - eps) x -log p_i[targets_i] + eps x mean_v -log p_i[v]
+
+    Only one (chunk, vocab) block of logits exists at a time, in training as well: the
+    gradients are computed chunk by chunk during the forward pass (`_ChunkedLoss`).
     """
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _ChunkedNLL.apply(hidden, weight, bias, targets, chunk)
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        return _ChunkedLoss.apply(hidden, weight, bias, targets, chunk, label_smoothing)
+    nll = smooth = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for s in range(0, len(hidden), chunk):
         logits = torch.addmm(bias, hidden[s:s + chunk], weight.t()).float()
         target_logits = logits.gather(1, targets[s:s + chunk, None]).squeeze(1)
-        total += (torch.logsumexp(logits, 1) - target_logits).sum()
-    return total
+        lse = torch.logsumexp(logits, 1)
+        nll = nll + (lse - target_logits).sum()
+        if label_smoothing:
+            smooth = smooth + (lse - logits.mean(1)).sum()
+    if not label_smoothing:
+        return nll, nll
+    return (1 - label_smoothing) * nll + label_smoothing * smooth, nll
 
 
-class _ChunkedNLL(torch.autograd.Function):
-    """Output layer + log-softmax + NLL whose backward is a multiplication.
+class _ChunkedLoss(torch.autograd.Function):
+    """Output layer + log-softmax + (smoothed) cross-entropy whose backward is a product.
 
-    d(nll)/d(logits) = softmax(logits) - onehot(target), so each chunk's gradients
-    w.r.t. hidden, weight and bias are formed as soon as its softmax is known, and the
-    chunk's logits are freed. Memory: O(n x hidden + vocab x hidden), never O(n x vocab).
+    d(loss)/d(logits) = softmax(logits) - q, with q the target distribution (onehot, or
+    smoothed), so each chunk's gradients w.r.t. hidden, weight and bias are formed as soon
+    as its softmax is known, and the chunk's logits are freed. Memory: O(n x hidden +
+    vocab x hidden), never O(n x vocab). The NLL comes along without a gradient.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk):
+    def forward(ctx, hidden, weight, bias, targets, chunk, eps):
         # One cast of the output layer per step (to bf16 under autocast, else a no-op).
         w, b = weight.to(hidden.dtype), bias.to(hidden.dtype)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        smooth = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = grad_bias = None
         for s in range(0, len(hidden), chunk):
@@ -171,12 +194,23 @@ class _ChunkedNLL(torch.autograd.Function):
             # float32 log-softmax straight from the logits' dtype (as `log_probs`), then
             # exp_ turns it into the softmax in place.
             probs = torch.log_softmax(torch.addmm(b, h, w.t()), 1, dtype=torch.float32)
-            total -= probs[rows, t].sum()
+            nll -= probs[rows, t].sum()
+            if eps:
+                smooth -= probs.sum() / probs.shape[1]
             probs.exp_()
-            probs[rows, t] -= 1.0  # d nll / d logits = softmax - onehot(target)
+            # d loss / d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The
+            # constant eps / vocab is not subtracted here (a pass over the whole block) but
+            # from the three products below, where it is a rank-one term.
+            probs[rows, t] -= 1.0 - eps
             g = probs.to(h.dtype)
-            torch.mm(g, w, out=grad_hidden[s:s + chunk])
+            gh = grad_hidden[s:s + chunk]
+            torch.mm(g, w, out=gh)
             gw, gb = g.t() @ h, probs.sum(0)
+            if eps:
+                c = eps / probs.shape[1]
+                gh -= c * w.sum(0)
+                gw -= c * h.sum(0)
+                gb -= c * len(t)
             if grad_weight is None:
                 grad_weight, grad_bias = gw.float(), gb
             else:
@@ -186,16 +220,18 @@ class _ChunkedNLL(torch.autograd.Function):
             grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, bias.dtype)
-        return total
+        loss = (1 - eps) * nll + eps * smooth if eps else nll.clone()
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total):
+    def backward(ctx, grad_loss, _grad_nll):
         # Scaled in place: the gradients were formed for this one backward pass only.
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden.mul_(grad_total.to(grad_hidden.dtype)),
-                grad_weight.mul_(grad_total).to(ctx.dtypes[0]),
-                grad_bias.mul_(grad_total).to(ctx.dtypes[1]), None, None)
+        return (grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)),
+                grad_weight.mul_(grad_loss).to(ctx.dtypes[0]),
+                grad_bias.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

@@ -1,7 +1,10 @@
 """Decoding: greedy and batched beam search over an ensemble of one or more models.
 
-A hypothesis' score is its log-probability sum_t log p(y_t | y_<t, S), as in the paper (no
-length normalisation). An ensemble averages the models' log-probabilities at every step.
+A hypothesis' score is its log-probability sum_t log p(y_t | y_<t, S). Beam search ranks
+complete hypotheses by that score, as in the paper, unless given a length penalty alpha > 0:
+then by score / lp(n), lp(n) = ((5 + n) / 6) ** alpha for n tokens with </s> (the length
+normalisation of Wu et al., 2016), which offsets the sum's bias toward short outputs.
+An ensemble averages the models' log-probabilities at every step.
 A hypothesis may hold at most `max_len_a * len(source) + max_len_b` tokens before </s>;
 at that length </s> is the only choice left.
 """
@@ -21,6 +24,11 @@ from seq2seq.vocab import BOS_ID, EOS_ID
 class Hypothesis:
     tokens: list[int]  # target ids, without <s> and </s>
     score: float  # log p(tokens </s> | source)
+
+
+def length_norm(n: int | torch.Tensor, alpha: float):
+    """lp(n) = ((5 + n) / 6) ** alpha: the divisor of a score of n tokens (</s> included)."""
+    return ((5 + n) / 6) ** alpha
 
 
 class Ensemble:
@@ -134,7 +142,7 @@ def greedy_search(
 @torch.inference_mode()
 def beam_search(
     ensemble: Ensemble, sources: list[list[int]], beam_size: int = 12, nbest: int = 1,
-    max_len_a: float = 2.0, max_len_b: int = 10,
+    max_len_a: float = 2.0, max_len_b: int = 10, length_penalty: float = 0.0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search: the `nbest` best complete hypotheses of each source, best first.
 
@@ -143,6 +151,11 @@ def beam_search(
     candidates survive even if up to `beam` of them end. A candidate ending in </s> among the
     top `beam` is complete. A sentence leaves the batch once its nbest-th complete score is at
     least its best live score: scores only fall, so no live hypothesis can overtake it.
+
+    With `length_penalty` alpha > 0, complete hypotheses are ranked by score / lp(length)
+    and a sentence leaves once its nbest-th normalised score is at least its best live
+    score / lp(longest allowed length): the most any live hypothesis could still reach.
+    Hypothesis.score stays the log-probability.
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
@@ -151,12 +164,13 @@ def beam_search(
     states = Ensemble.select(ensemble.encode(sources),
                              torch.arange(n, device=device).repeat_interleave(k))
     max_lens = _max_lens(sources, max_len_a, max_len_b, device)  # (b,)
+    alpha = length_penalty
     alive = torch.arange(n, device=device)  # (b,) original index of each live sentence
     tokens = torch.full((n * k,), BOS_ID, device=device)  # (b * k,) last token of each hypothesis
     history = torch.zeros((n * k, 0), dtype=torch.long, device=device)  # (b * k, t)
     scores = torch.full((n, k), float("-inf"), device=device)  # (b, k); one live start per sentence
     scores[:, 0] = 0.0
-    best_done = torch.full((n, nbest), float("-inf"), device=device)  # (b, nbest) complete scores
+    best_done = torch.full((n, nbest), float("-inf"), device=device)  # (b, nbest) ranking scores
     results: list[list[Hypothesis]] = [[] for _ in range(n)]
     t = 0
     vocab = ensemble.vocab_size
@@ -182,7 +196,7 @@ def beam_search(
         ends[:, k:] = False
         if bool(ends.any()):
             _collect(results, ends, alive, rows, history, top_scores)
-            ended = top_scores.masked_fill(~ends, float("-inf"))
+            ended = top_scores.masked_fill(~ends, float("-inf")) / length_norm(t + 1, alpha)
             best_done = torch.cat([best_done, ended], 1).topk(nbest, dim=1).values
 
         # Live hypotheses: the k best candidates that do not end (positions keep score order).
@@ -190,7 +204,8 @@ def beam_search(
         order = (top_token == EOS_ID).long() * width + torch.arange(width, device=device)
         pick = order.topk(k, dim=1, largest=False).indices  # (b, k)
         scores = top_scores.gather(1, pick)
-        done = at_max | (best_done[:, -1] >= scores[:, 0])
+        reachable = scores[:, 0] / length_norm(max_lens + 1, alpha) if alpha else scores[:, 0]
+        done = at_max | (best_done[:, -1] >= reachable)
 
         keep = (~done).nonzero()[:, 0]  # (b',)
         keep_rows = rows.gather(1, pick)[keep].view(-1)  # (b' * k,)
@@ -200,7 +215,10 @@ def beam_search(
         scores, best_done = scores[keep], best_done[keep]
         alive, max_lens = alive[keep], max_lens[keep]
         t += 1
-    return [sorted(r, key=lambda h: -h.score)[:nbest] for r in results]
+    def rank(h: Hypothesis) -> float:
+        return -h.score / length_norm(len(h.tokens) + 1, alpha)
+
+    return [sorted(r, key=rank)[:nbest] for r in results]
 
 
 def _collect(results, ends, alive, rows, history, top_scores) -> None:

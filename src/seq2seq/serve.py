@@ -5,7 +5,7 @@
     GET  /health     GET /  (the web page)     GET /openapi.json (the schema)
 
 Dynamic batching: translate requests that arrive within `batch_wait_ms` of each other are
-decoded together, one `Translator.translate` call per (beam, nbest), up to
+decoded together, one `Translator.translate` call per (beam, nbest, length_penalty), up to
 `max_batch_sentences` sentences. A batched LSTM step costs little more than a single one,
 so under load this multiplies throughput. The model runs on one thread off the event
 loop, one forward at a time; an error in a batch fails only the requests in that batch.
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from seq2seq.translator import Translation, Translator
 
 MAX_BEAM = 64
+MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
 DECODE_BATCH = 64  # sentences per beam-search batch inside one translate call
 
 
@@ -69,6 +70,10 @@ class TranslateRequest(_Strict):
     sentences: list[str] = Field(description="raw source sentences")
     beam: int = Field(12, ge=1, le=MAX_BEAM, description="beam size; 1 = greedy")
     nbest: int = Field(1, ge=1, le=MAX_BEAM, description="hypotheses returned per sentence")
+    length_penalty: float = Field(
+        0.0, ge=0.0, le=MAX_LENGTH_PENALTY, allow_inf_nan=False,
+        description="rank beam hypotheses by log p / ((5 + length) / 6) ** length_penalty; "
+                    "0 = by log p, as in the paper")
 
 
 class Hypothesis(BaseModel):
@@ -112,6 +117,7 @@ class _Pending:
     sentences: list[str]
     beam: int
     nbest: int
+    length_penalty: float
     future: asyncio.Future = field(repr=False)
 
 
@@ -142,10 +148,11 @@ class Batcher:
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def translate(self, sentences: list[str], beam: int, nbest: int) -> list[Translation]:
+    async def translate(self, sentences: list[str], beam: int, nbest: int,
+                        length_penalty: float = 0.0) -> list[Translation]:
         """Queue the sentences; their translations once their batch has been decoded."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(sentences, beam, nbest, future))
+        self._pending.append(_Pending(sentences, beam, nbest, length_penalty, future))
         self._arrived.set()
         return await future
 
@@ -156,11 +163,12 @@ class Batcher:
     async def _run(self) -> None:
         while True:
             batch = await self._next_batch()
-            groups: dict[tuple[int, int], list[_Pending]] = {}
+            groups: dict[tuple[int, int, float], list[_Pending]] = {}
             for item in batch:
-                groups.setdefault((item.beam, item.nbest), []).append(item)
-            for (beam, nbest), items in groups.items():
-                await self._decode(items, beam, nbest)
+                key = (item.beam, item.nbest, item.length_penalty)
+                groups.setdefault(key, []).append(item)
+            for options, items in groups.items():
+                await self._decode(items, *options)
 
     async def _next_batch(self) -> list[_Pending]:
         """Wait for a request, then up to `wait_ms` for more, until the batch is full."""
@@ -194,11 +202,13 @@ class Batcher:
             batch.append(self._pending.popleft())
         return batch
 
-    async def _decode(self, items: list[_Pending], beam: int, nbest: int) -> None:
+    async def _decode(self, items: list[_Pending], beam: int, nbest: int,
+                      length_penalty: float) -> None:
         """One translate call for all `items`; results (or the error) go to each future."""
         sentences = [s for item in items for s in item.sentences]
         try:
-            results = await self.run_model(self._translate, sentences, beam, nbest)
+            results = await self.run_model(self._translate, sentences, beam, nbest,
+                                           length_penalty)
         except Exception as err:  # the worker must outlive any one failing batch
             for item in items:
                 _resolve(item.future, error=err)
@@ -211,9 +221,11 @@ class Batcher:
             _resolve(item.future, results[start:stop])
             start = stop
 
-    def _translate(self, sentences: list[str], beam: int, nbest: int) -> list[Translation]:
+    def _translate(self, sentences: list[str], beam: int, nbest: int,
+                   length_penalty: float) -> list[Translation]:
         return self.translator.translate(sentences, beam=beam, nbest=nbest,
-                                         batch_size=DECODE_BATCH)
+                                         batch_size=DECODE_BATCH,
+                                         length_penalty=length_penalty)
 
 
 def _resolve(future: asyncio.Future, result: Any = None,
@@ -320,7 +332,8 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, model_names: lis
         if req.nbest > req.beam:
             raise _refuse("nbest", f"nbest ({req.nbest}) must not exceed beam ({req.beam})",
                           "nbest_over_beam")
-        results = await batcher.translate(req.sentences, req.beam, req.nbest)
+        results = await batcher.translate(req.sentences, req.beam, req.nbest,
+                                          req.length_penalty)
         return TranslateResponse(translations=[_translation_out(r) for r in results])
 
     @app.post("/score", response_model=ScoreResponse)

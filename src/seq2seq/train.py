@@ -160,10 +160,10 @@ class Trainer:
         local = local.to(self.device, non_blocking=True)
         self.model.train()
         with autocast(self.device, cfg.train.precision):
-            nll = self.net(local.src, local.src_lens, local.tgt_in, local.tgt_out,
-                           cfg.train.loss_chunk)
+            loss, nll = self.net(local.src, local.src_lens, local.tgt_in, local.tgt_out,
+                                 cfg.train.loss_chunk, cfg.optim.label_smoothing)
         # Mean over the *global* batch's sentences; DDP averages over ranks, so scale back.
-        loss = nll * (self.world / batch.size)
+        loss = loss * (self.world / batch.size)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -192,8 +192,8 @@ class Trainer:
         for idx in self._valid_batches():
             batch = collate(self.valid_set, idx, self.model.reverse_source).to(self.device)
             with autocast(self.device, self.cfg.train.precision):
-                nll = self.model(batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out,
-                                     self.cfg.train.loss_chunk)
+                _, nll = self.model(batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out,
+                                    self.cfg.train.loss_chunk)
             total_nll += float(nll)
             total_tokens += batch.num_tokens()[1]
         return {"valid_nll": total_nll / total_tokens,

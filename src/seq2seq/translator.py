@@ -127,8 +127,13 @@ class Translator:
     def translate(
         self, sentences: Sequence[str], beam: int = 12, nbest: int = 1, batch_size: int = 64,
         max_len_a: float = 2.0, max_len_b: int = 10, first_line: int = 1,
+        length_penalty: float = 0.0,
     ) -> list[Translation]:
         """Translate raw sentences; beam 1 is greedy search. Empty inputs give empty outputs.
+
+        `length_penalty` (alpha) ranks beam search's complete hypotheses by normalised score
+        (see `seq2seq.search`); 0, the paper's choice, ranks by log-probability. Greedy
+        search has nothing to rank, so beam 1 ignores it.
 
         `first_line` numbers the inputs in warnings (for callers that stream a file).
         """
@@ -141,7 +146,8 @@ class Translator:
                     hyps = [[h] for h in greedy_search(self.ensemble, batch, max_len_a,
                                                        max_len_b)]
                 else:
-                    hyps = beam_search(self.ensemble, batch, beam, nbest, max_len_a, max_len_b)
+                    hyps = beam_search(self.ensemble, batch, beam, nbest, max_len_a, max_len_b,
+                                       length_penalty)
             for i, nb in zip(idx, hyps):
                 results[i] = self._translation(nb)
         return results
