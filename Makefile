@@ -21,11 +21,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Prepare the bundled corpus, train tatoeba-cpu (resumes if interrupted), then report
-# test BLEU with beam 12 and show a few translations.
+# test BLEU with beam 12 and show a few translations. The length penalty was chosen on the
+# validation split (alpha 0 / 0.5 / 1.0: BLEU 21.06 / 21.36 / 21.23); bf16 decoding gives
+# the same BLEU there (21.06 vs 21.02 in fp32) 1.5x faster.
+DEMO_DECODE := --length-penalty 0.5 --precision bf16
 demo: $(STAMP) $(DEMO_DATA)/meta.json
 	$(BIN)/seq2seq train configs/tatoeba-cpu.yaml --data $(DEMO_DATA) --out $(DEMO_RUN)
 	$(BIN)/seq2seq evaluate --model $(DEMO_RUN)/best.pt --src $(CORPUS)/test.en \
-		--ref $(CORPUS)/test.fr --beam 12 --hyps $(DEMO_RUN)/test.hyp.fr
+		--ref $(CORPUS)/test.fr --beam 12 $(DEMO_DECODE) --hyps $(DEMO_RUN)/test.hyp.fr
 	@echo "--- a few test sentences, source | ours | reference"
 	@head -8 $(CORPUS)/test.en | paste -d '|' - <(head -8 $(DEMO_RUN)/test.hyp.fr) \
 		<(head -8 $(CORPUS)/test.fr) | sed 's/|/  |  /g'
