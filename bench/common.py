@@ -151,15 +151,17 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def ceiling_of_runs(precision: str, runs: list[dict], data: Path = BENCH_DATA) -> dict:
+def ceiling_of_runs(precision: str, runs: list[dict], data: Path = BENCH_DATA,
+                    config: Path = BENCH_CONFIG) -> dict:
     """The matmul ceiling (bench/train_speed.py's `ceiling` child, a fresh process) of the
     average step of `runs` (records of `train_speed.py --child train`), and the MFU of the
     median of their throughputs against it."""
     steps = sum(r["steps"] for r in runs)
     src = sum(r["src_tokens"] for r in runs) / steps
     tgt = sum(r["tgt_tokens"] for r in runs) / steps
-    ceil = run_child([str(ROOT / "bench" / "train_speed.py"), "--data", str(data), "--child",
-                      "ceiling", "--precision", precision, "--per-step", str(src), str(tgt)])
+    ceil = run_child([str(ROOT / "bench" / "train_speed.py"), "--data", str(data), "--config",
+                      str(config), "--child", "ceiling", "--precision", precision,
+                      "--per-step", str(src), str(tgt)])
     tok_s = median([r["tgt_tok_s"] for r in runs])
     return {**ceil, "mfu": round(tok_s / ceil["ceiling_tgt_tok_s"], 3)}
 

@@ -9,6 +9,9 @@ and MFU is the median throughput against the median ceiling of the precision tra
 
     .venv/bin/python bench/train_speed.py                       # fp32 and bf16, 3 repeats
     .venv/bin/python bench/train_speed.py --precision bf16 --repeats 1 --steps 100
+
+`--config` and `--data` measure another configuration the same way, e.g. the demo's
+(`make demo` prepares work/tatoeba-data); its MFU is then against that model's shapes.
 """
 
 from __future__ import annotations
@@ -38,14 +41,15 @@ from common import (  # noqa: E402
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list[str]) -> dict:
+def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list[str],
+            config: Path = BENCH_CONFIG) -> dict:
     """Train `warmup` + `steps` updates in this process; the timed steps' throughput."""
     import tempfile
 
     from seq2seq.config import load_config
     from seq2seq.train import Trainer
 
-    cfg = load_config(BENCH_CONFIG, [f"train.precision={precision}", *overrides])
+    cfg = load_config(config, [f"train.precision={precision}", *overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, data, run_dir, log=lambda msg: None)
         for _ in range(warmup):
@@ -70,13 +74,15 @@ def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list
     }
 
 
-def ceiling(precision: str, src_per_step: float, tgt_per_step: float, data: Path) -> dict:
+def ceiling(precision: str, src_per_step: float, tgt_per_step: float, data: Path,
+            config: Path = BENCH_CONFIG) -> dict:
     """The matmul ceiling of the benchmark model's shapes, in this process."""
     from seq2seq.config import load_config
     from seq2seq.data import DataDir
 
-    cfg = load_config(BENCH_CONFIG)
-    torch.set_num_threads(cfg.train.threads)
+    cfg = load_config(config)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     shape = Shape.from_config(cfg.model, len(DataDir(data).tgt_vocab))
     c = matmul_ceiling(shape, cfg.batching.batch_size, src_per_step, tgt_per_step,
                        DTYPES[precision])
@@ -93,6 +99,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed updates first")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per precision")
     parser.add_argument("--data", type=Path, default=BENCH_DATA)
+    parser.add_argument("--config", type=Path, default=BENCH_CONFIG,
+                        help="default: bench/benchmark.yaml (the peers' configuration)")
     parser.add_argument("--json", type=Path, help="also write the records here")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value")
     parser.add_argument("--child", choices=["train", "ceiling"], help=argparse.SUPPRESS)
@@ -100,22 +108,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.child == "train":
         print(json.dumps(measure(args.precision[0], args.steps, args.warmup, args.data,
-                                 args.overrides)))
+                                 args.overrides, args.config)))
         return
     if args.child == "ceiling":
-        print(json.dumps(ceiling(args.precision[0], *args.per_step, args.data)))
+        print(json.dumps(ceiling(args.precision[0], *args.per_step, args.data, args.config)))
         return
 
-    prepare_bench_data(args.data)
-    me = [__file__, "--data", str(args.data), "--steps", str(args.steps),
-          "--warmup", str(args.warmup), *args.overrides]
+    if args.data == BENCH_DATA:
+        prepare_bench_data(args.data)
+    me = [__file__, "--data", str(args.data), "--config", str(args.config),
+          "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides]
     runs: dict[str, list[dict]] = {p: [] for p in args.precision}
     ceilings: dict[str, list[dict]] = {p: [] for p in args.precision}
     for _ in range(args.repeats):  # precisions alternate, so drift hits both alike
         for p in args.precision:  # each run, then the ceiling of its step, measured after it
             runs[p].append(run_child([*me, "--child", "train", "--precision", p]))
             print(json.dumps(runs[p][-1]), flush=True)
-            ceilings[p].append(ceiling_of_runs(p, runs[p][-1:], args.data))
+            ceilings[p].append(ceiling_of_runs(p, runs[p][-1:], args.data, args.config))
             print(json.dumps(ceilings[p][-1]), flush=True)
     records = []
     for p, rs in runs.items():

@@ -170,3 +170,9 @@ def test_bf16_autocast_loss_close_to_fp32(precision):
         low = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)[1]
     assert low.dtype == torch.float32
     assert torch.allclose(low, ref, rtol=0.02)
+    # The smoothed loss too, as training computes it (with gradients).
+    ref, _ = m(b.src, b.src_lens, b.tgt_in, b.tgt_out, label_smoothing=0.1)
+    with torch.autocast("cpu", dtype=precision):
+        low, _ = m(b.src, b.src_lens, b.tgt_in, b.tgt_out, label_smoothing=0.1)
+    assert low.dtype == torch.float32 and low.requires_grad
+    assert torch.allclose(low, ref, rtol=0.02)

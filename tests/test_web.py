@@ -11,7 +11,7 @@ from seq2seq.serve import create_app, running
 from seq2seq.translator import Translator
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SENTENCE, BEAM, NBEST = "Where is the station?", 4, 3
+SENTENCE, BEAM, NBEST, ALPHA = "Where is the station?", 4, 3, 1.5
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,11 @@ def test_page_shows_the_apis_translation_and_nbest(browser, trained_run, tmp_pat
     app = create_app(Translator.load(trained_run / "best.pt", device="cpu"))
     with running(app) as url:
         api = httpx.post(f"{url}/translate", timeout=30, json={
-            "sentences": [SENTENCE], "beam": BEAM, "nbest": NBEST}).json()["translations"][0]
+            "sentences": [SENTENCE], "beam": BEAM, "nbest": NBEST,
+            "length_penalty": ALPHA}).json()["translations"][0]
         browser.get(url + "/")
         browser.find_element(By.ID, "source").send_keys(SENTENCE)
-        for name, value in (("beam", BEAM), ("nbest", NBEST)):
+        for name, value in (("beam", BEAM), ("nbest", NBEST), ("length_penalty", ALPHA)):
             box = browser.find_element(By.ID, name)
             box.clear()
             box.send_keys(str(value))

@@ -186,6 +186,8 @@ class _ChunkedLoss(torch.autograd.Function):
         w, b = weight.to(hidden.dtype), bias.to(hidden.dtype)
         nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
         smooth = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        if eps:  # for the rows' mean logit: mean_v (h . w_v + b_v) = (h . sum_v w_v + sum b) / V
+            w_sum, b_sum = weight.float().sum(0), bias.float().sum()
         grad_hidden = torch.empty_like(hidden)
         grad_weight = grad_bias = None
         for s in range(0, len(hidden), chunk):
@@ -194,9 +196,16 @@ class _ChunkedLoss(torch.autograd.Function):
             # float32 log-softmax straight from the logits' dtype (as `log_probs`), then
             # exp_ turns it into the softmax in place.
             probs = torch.log_softmax(torch.addmm(b, h, w.t()), 1, dtype=torch.float32)
-            nll -= probs[rows, t].sum()
+            target_logp = probs[rows, t]
+            nll -= target_logp.sum()
             if eps:
-                smooth -= probs.sum() / probs.shape[1]
+                # -mean_v log p_v = logsumexp - mean logit, both from O(rows x hidden) work
+                # (elementwise, so autocast leaves them in float32), not another pass over
+                # the block: logsumexp = target logit - log p(target).
+                hf = h.float()
+                target_logit = (hf * weight[t].float()).sum(1) + bias[t].float()
+                mean_logit = ((hf * w_sum).sum(1) + b_sum) / probs.shape[1]
+                smooth += (target_logit - target_logp - mean_logit).sum()
             probs.exp_()
             # d loss / d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The
             # constant eps / vocab is not subtracted here (a pass over the whole block) but

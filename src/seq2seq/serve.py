@@ -1,6 +1,7 @@
 """A translation server: `seq2seq serve --model CKPT`, an HTTP API and a web page.
 
-    POST /translate  {"sentences": [...], "beam": 12, "nbest": 1} -> {"translations": [...]}
+    POST /translate  {"sentences": [...], "beam": 12, "nbest": 1, "length_penalty": 0}
+                     -> {"translations": [...]}
     POST /score      {"sources": [...], "targets": [...]}         -> {"scores": [...]}
     GET  /health     GET /  (the web page)     GET /openapi.json (the schema)
 
