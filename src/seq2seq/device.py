@@ -126,14 +126,14 @@ def keep_free_memory(device: torch.device) -> bool:
     By default glibc unmaps a freed block of more than its (adaptive) mmap threshold and
     trims free memory off the top of its heap: the next training step, whose tensors are of
     much the same sizes, faults the same pages in again, zeroed by the kernel. On the demo
-    model (tatoeba-cpu, bf16) that was 2 million page faults and 15% of the time in 300
-    updates. Fixed thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks reused
-    instead: 8,461-8,480 vs 6,878-7,814 target tokens/s, 0.25 vs 2 million faults, peak
-    RSS 980-1,000 vs 909-1,000 MB (`env MALLOC_TRIM_THRESHOLD_=1073741824
-    MALLOC_MMAP_THRESHOLD_=268435456 .venv/bin/python bench/train_speed.py --config
-    configs/tatoeba-cpu.yaml --data work/tatoeba-data --child train --precision bf16
-    --steps 300 train.trim_every=0`, with and without the env, alternating, twice), which
-    sets the same thresholds. The trainer does this when `train.trim_every` is 0. A user's
+    model (tatoeba-cpu, bf16), trimming every 10 updates, that was 3.2 million page faults
+    in 320 updates. Fixed thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks
+    reused instead: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million
+    faults, peak RSS 966-989 vs 894-901 MB (`/usr/bin/time .venv/bin/python
+    bench/train_speed.py --config configs/tatoeba-cpu.yaml --data work/tatoeba-data
+    --child train --precision bf16 --steps 300 train.trim_every=0|10`, alternating, twice).
+    The trainer does this when `train.trim_every` is 0 (the env variables
+    MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=268435456 do the same). A user's
     own MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set;
     a no-op (False) on CUDA and without glibc.
     """
