@@ -71,9 +71,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # intra-op CPU threads; default: what torch picks
     loss_chunk: int = 4096  # target positions per chunk of the output softmax
-    # updates between returns of freed CPU memory to the OS; 0 = never, and let the C
-    # allocator keep freed memory for reuse (faster, more memory: seq2seq.device)
-    trim_every: int = field(default=10, metadata={"range": (0, None)})
+    # updates between returns of freed CPU memory to the OS (glibc's malloc_trim); 0 =
+    # never: faster, more memory (seq2seq.device.release_free_memory)
+    trim_every: int = field(default=100, metadata={"range": (0, None)})
 
 
 @dataclass

@@ -125,17 +125,19 @@ def keep_free_memory(device: torch.device) -> bool:
 
     By default glibc unmaps a freed block of more than its (adaptive) mmap threshold and
     trims free memory off the top of its heap: the next training step, whose tensors are of
-    much the same sizes, faults the same pages in again, zeroed by the kernel. On the demo
-    model (tatoeba-cpu, bf16), trimming every 10 updates, that was 3.2 million page faults
-    in 320 updates. Fixed thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks
-    reused instead: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million
-    faults, peak RSS 966-989 vs 894-901 MB (`/usr/bin/time .venv/bin/python
-    bench/train_speed.py --config configs/tatoeba-cpu.yaml --data work/tatoeba-data
-    --child train --precision bf16 --steps 300 train.trim_every=0|10`, alternating, twice).
-    The trainer does this when `train.trim_every` is 0 (the env variables
-    MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=268435456 do the same). A user's
-    own MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set;
-    a no-op (False) on CUDA and without glibc.
+    much the same sizes, faults the same pages in again, zeroed by the kernel. Fixed
+    thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks reused instead; the
+    trainer sets them on the CPU and returns the free pages every `train.trim_every`
+    updates itself (`release_free_memory`). On the demo model (tatoeba-cpu, bf16), never
+    trimming: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million faults
+    in 320 updates, peak RSS 966-989 vs 894-901 MB against glibc's thresholds with a trim
+    every 10 updates (`/usr/bin/time .venv/bin/python bench/train_speed.py --config
+    configs/tatoeba-cpu.yaml --data work/tatoeba-data --child train --precision bf16
+    --steps 300 train.trim_every=0|10`, alternating, twice, before the thresholds were set
+    at every `trim_every`). The env variables MALLOC_TRIM_THRESHOLD_=1073741824
+    MALLOC_MMAP_THRESHOLD_=268435456 do the same; a user's own MALLOC_TRIM_THRESHOLD_ /
+    MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set; a no-op (False) on CUDA and
+    without glibc.
     """
     if device.type != "cpu" or USER_MALLOC_THRESHOLDS:
         return False
@@ -149,13 +151,17 @@ def keep_free_memory(device: torch.device) -> bool:
 def release_free_memory(device: torch.device) -> None:
     """Hand the pages of freed CPU tensors back to the OS (glibc's `malloc_trim`).
 
-    Every training batch has its own shape, so its tensors have their own sizes, and glibc
-    serves most of them from a heap that fragments. On the benchmark model in bf16, trimming
-    every 10 updates (`train.trim_every`, the default) took the peak RSS of 220 updates from
-    1,044-1,225 MB to 903-935 MB at 2,309-2,489 vs 2,489-2,625 target tokens/s (`.venv/bin/
-    python bench/train_speed.py --child train --precision bf16 --steps 200
-    train.trim_every=0|10`, alternating); `train.trim_every=0` trades the memory back for
-    that speed, and more (`keep_free_memory`). A no-op on CUDA and without glibc.
+    Every training batch has its own shape, so its tensors have their own sizes, and the
+    heap that `keep_free_memory` lets glibc keep fragments; the trainer trims it every
+    `train.trim_every` updates (default 100). On the benchmark model in bf16, 200 updates
+    with the fixed thresholds and a trim every 10 / 50 / 100 updates / never reached
+    2,290-2,309 / 2,245-2,249 / 2,379-2,537 / 2,357-2,490 target tokens/s at a peak RSS of
+    935-977 / 960-1,029 / 987-1,007 / 1,097-1,121 MB, and glibc's own thresholds with a
+    trim every 10 (the code before) 2,133-2,204 at 927-976 MB, with 2.9 million page faults
+    against 0.47 million for every 100 (`/usr/bin/time .venv/bin/python bench/train_speed.py
+    --child train --precision bf16 --steps 200 train.trim_every=10|50|100|0`, the tree
+    before with `PYTHONPATH=TREE/src`, alternating, twice).
+    A no-op on CUDA and without glibc.
     """
     trim = _malloc_trim() if device.type == "cpu" else None
     if trim is not None:

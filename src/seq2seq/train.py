@@ -96,8 +96,7 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         size_kernel_cache("train")
         configure(self.device, cfg.train.threads)
-        if not cfg.train.trim_every:
-            keep_free_memory(self.device)  # see there: faster, at some memory
+        keep_free_memory(self.device)  # see there: freed blocks reused, not faulted in again
         self.data = DataDir(data_dir)
         self.train_set = self.data.split("train")
         self.valid_set = self.data.split("valid")
