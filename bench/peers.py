@@ -35,9 +35,9 @@ from common import (  # noqa: E402
     BENCH_DATA,
     CORPUS,
     WORK,
+    best_ceiling,
     ceiling_of_runs,
     median,
-    median_ceiling,
     prepare_bench_data,
     run_child,
 )
@@ -473,7 +473,7 @@ def main() -> None:
         print("\n" + text)
 
     # 1. Training throughput, the systems alternating within each round, and in each round
-    #    the matmul ceiling of our step, for the MFU (the median of the rounds' ceilings).
+    #    the matmul ceiling of our step, for the MFU (each shape at its best rate of the rounds).
     train: dict[str, list[dict]] = {}
     ceilings: dict[str, dict] = {}
     round_ceilings: dict[str, list[dict]] = {name: [] for name in ours}
@@ -484,7 +484,7 @@ def main() -> None:
             round_ceilings[name].append(record(ceiling_of_runs(p, train[name][-1:])))
         train[peer].append(record(run_onmt_train(args.speed_steps)))
     if train:
-        ceilings = {name: record(median_ceiling(round_ceilings[name], train[name]))
+        ceilings = {name: record(best_ceiling(round_ceilings[name], train[name]))
                     for name in ours}
     if "decode" not in args.parts:
         return finish(train, ceilings, {})

@@ -5,7 +5,8 @@ takes the real training batches in their training order, runs `--warmup` updates
 and then `--steps` timed ones (forward, backward, clipping, SGD: `Trainer.train_step`).
 Target tokens count </s>. In the same run, the matmul ceiling of the model's own shapes
 is measured after each run (see `bench/common.py` for the FLOP formula and the ceiling),
-and MFU is the median throughput against the median ceiling of the precision trained in.
+and MFU is the median throughput against the best ceiling of the precision trained in
+(each shape at its best rate of the rounds: `best_ceiling` in `bench/common.py`).
 
     .venv/bin/python bench/train_speed.py                       # fp32 and bf16, 3 repeats
     .venv/bin/python bench/train_speed.py --precision bf16 --repeats 1 --steps 100
@@ -29,10 +30,10 @@ from common import (  # noqa: E402
     BENCH_CONFIG,
     BENCH_DATA,
     Shape,
+    best_ceiling,
     ceiling_of_runs,
     matmul_ceiling,
     median,
-    median_ceiling,
     peak_rss_mb,
     prepare_bench_data,
     run_child,
@@ -89,7 +90,8 @@ def ceiling(precision: str, src_per_step: float, tgt_per_step: float, data: Path
     flops = shape.train_flops(round(src_per_step), round(tgt_per_step))
     return {"precision": precision, "ceiling_gflops": round(c["gflops"], 1),
             "ceiling_tgt_tok_s": round(tgt_per_step * c["gflops"] * 1e9 / flops),
-            "rates_gflops": c["rates"]}
+            "rates_gflops": c["rates"],
+            "gflop_per_step": {key: round(g, 4) for key, g in c["gflop"].items()}}
 
 
 def main() -> None:
@@ -128,7 +130,7 @@ def main() -> None:
             print(json.dumps(ceilings[p][-1]), flush=True)
     records = []
     for p, rs in runs.items():
-        ceil = median_ceiling(ceilings[p], rs)
+        ceil = best_ceiling(ceilings[p], rs)
         records.append({
             "precision": p, "tgt_tok_s": median([r["tgt_tok_s"] for r in rs]),
             "src_tgt_tok_s": median([r["src_tgt_tok_s"] for r in rs]),
