@@ -172,9 +172,12 @@ def best_ceiling(ceilings: list[dict], runs: list[dict]) -> dict:
     """One ceiling from several measured ones (`ceiling_of_runs` of each round, each taken
     in the same conditions as its round's training), and the MFU of the median throughput
     of `runs` against it. Each shape counts at the best rate it reached in any round: a
-    burst of the machine's noise slows a few shapes of one measurement by up to half
+    burst of the machine's noise slows many shapes of one measurement by up to half
     (`bench/RESULTS.md`, run 5), which would lower the ceiling and flatter the MFU."""
     gflop = ceilings[0]["gflop_per_step"]
+    if any(c["gflop_per_step"] != gflop for c in ceilings):
+        raise ValueError("the rounds' ceilings are of different steps (matmul shapes or "
+                         f"counts): {[c['gflop_per_step'] for c in ceilings]}")
     best = {key: max(c["rates_gflops"][key] for c in ceilings) for key in gflop}
     ceiling = sum(gflop.values()) / sum(g / best[key] for key, g in gflop.items())
     # Tokens/s at the ceiling scale with it (the rounds time the same batches).

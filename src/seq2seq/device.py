@@ -8,7 +8,8 @@
   turns on cuDNN's autotuner and TF32 matmuls, which suit fixed-shape LSTM batches.
 - `size_kernel_cache(workload)`: how many compiled oneDNN kernels a CPU process keeps.
 - `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS.
-- `keep_free_memory(device)`: the opposite: on the CPU, let the C allocator keep them.
+- `keep_free_memory(device)`: on the CPU, let the C allocator keep freed memory for reuse
+  (the trainer uses both: keeps it, and releases it every `train.trim_every` updates).
 """
 
 from __future__ import annotations
