@@ -135,18 +135,22 @@ def matmul_ceiling(shape: Shape, batch: int, src_tokens: float, tgt_tokens: floa
                    dtype: torch.dtype) -> dict:
     """Seconds and GFLOP/s of one typical step's matmuls, each at its measured rate, with
     each shape's rate and GFLOP per step (for `best_ceiling`)."""
-    mms = shape.train_matmuls(batch, round(src_tokens), round(tgt_tokens))
-    rates: dict[tuple, float] = {}
+    rates: dict[str, float] = {}
     gflop: dict[str, float] = {}
-    for m, k, n, times in mms:
-        if (m, k, n) not in rates:
-            rates[(m, k, n)] = matmul_rate(m, k, n, dtype)
+    for m, k, n, times in shape.train_matmuls(batch, round(src_tokens), round(tgt_tokens)):
         key = f"{m}x{k}x{n}"
+        if key not in rates:
+            rates[key] = matmul_rate(m, k, n, dtype)
         gflop[key] = gflop.get(key, 0.0) + 2 * m * k * n * times / 1e9
-    rate_of = {f"{m}x{k}x{n}": r for (m, k, n), r in rates.items()}
-    seconds = sum(g / rate_of[key] for key, g in gflop.items())
-    return {"step_seconds": seconds, "gflops": sum(gflop.values()) / seconds,
-            "rates": {key: round(r) for key, r in rate_of.items()}, "gflop": gflop}
+    gflops = step_gflops(gflop, rates)
+    return {"step_seconds": sum(gflop.values()) / gflops, "gflops": gflops,
+            "rates": {key: round(r) for key, r in rates.items()}, "gflop": gflop}
+
+
+def step_gflops(gflop: dict[str, float], rates: dict[str, float]) -> float:
+    """GFLOP/s of a step whose matmul shapes do `gflop[shape]` GFLOP each at `rates[shape]`
+    GFLOP/s: the total over the time they take."""
+    return sum(gflop.values()) / sum(g / rates[key] for key, g in gflop.items())
 
 
 def median(xs: list[float]) -> float:
@@ -178,8 +182,8 @@ def best_ceiling(ceilings: list[dict], runs: list[dict]) -> dict:
     if any(c["gflop_per_step"] != gflop for c in ceilings):
         raise ValueError("the rounds' ceilings are of different steps (matmul shapes or "
                          f"counts): {[c['gflop_per_step'] for c in ceilings]}")
-    best = {key: max(c["rates_gflops"][key] for c in ceilings) for key in gflop}
-    ceiling = sum(gflop.values()) / sum(g / best[key] for key, g in gflop.items())
+    ceiling = step_gflops(gflop, {key: max(c["rates_gflops"][key] for c in ceilings)
+                                  for key in gflop})
     # Tokens/s at the ceiling scale with it (the rounds time the same batches).
     ceiling_tok_s = ceilings[0]["ceiling_tgt_tok_s"] * ceiling / ceilings[0]["ceiling_gflops"]
     tok_s = median([r["tgt_tok_s"] for r in runs])
