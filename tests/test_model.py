@@ -94,6 +94,32 @@ def test_chunked_nll_is_exact_for_confidently_wrong_predictions():
     assert ours.item() > 600
 
 
+def test_chunked_loss_in_bf16_matches_float32_on_the_same_logits():
+    # In bf16 the softmax is written in bf16 and each row's log-sum-exp comes from its
+    # largest probability; the NLL must still match float32 cross-entropy of the same
+    # (bf16) logits, including targets whose probability underflows.
+    torch.manual_seed(3)
+    hidden = torch.randn(50, 16).bfloat16()
+    weight = (torch.randn(300, 16) * 3).bfloat16()
+    weight[7] = 200.0  # rows whose hidden points along it put target 7 far ahead
+    bias = torch.randn(300).bfloat16()
+    targets = torch.randint(0, 300, (50,))
+    hidden.requires_grad_(); weight.requires_grad_(); bias.requires_grad_()
+    loss, nll = chunked_loss(hidden, weight, bias, targets, chunk=16)
+    logits = (hidden @ weight.t() + bias).float()
+    ref = F.cross_entropy(logits, targets, reduction="none")
+    assert ref.max() > 150  # some targets' probabilities underflow float32
+    assert torch.isfinite(nll) and nll.item() == pytest.approx(ref.sum().item(), rel=2e-3)
+    # The gradient (softmax - onehot, in bf16) against float32 autograd on the same logits.
+    loss.backward()
+    h32, w32, b32 = (t.detach().float().requires_grad_() for t in (hidden, weight, bias))
+    F.cross_entropy(h32 @ w32.t() + b32, targets, reduction="sum").backward()
+    for ours, ref_grad in ((hidden.grad, h32.grad), (weight.grad, w32.grad),
+                           (bias.grad, b32.grad)):
+        err = (ours.float() - ref_grad).norm() / ref_grad.norm()
+        assert err < 2e-2
+
+
 def test_encoder_reads_mixed_lengths_as_one_sentence_at_a_time():
     m = model()
     sources = SRC + [[21, 22, 23], [24]]  # lengths 5 2 3 7 3 1: a repeated length, a single
