@@ -129,7 +129,11 @@ def keep_free_memory(device: torch.device) -> bool:
     much the same sizes, faults the same pages in again, zeroed by the kernel. Fixed
     thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks reused instead; the
     trainer sets them on the CPU and returns the free pages every `train.trim_every`
-    updates itself (`release_free_memory`). On the demo model (tatoeba-cpu, bf16), never
+    updates itself (`release_free_memory`), and a `Translator` sets them too and returns
+    the free pages at the end of each `translate` call (beam 12 bf16 on the benchmark
+    model: 124.2 vs 120.0 median sentences/s, `PYTHONPATH=TREE/src .venv/bin/python
+    bench/decode_speed.py --child --model M --beams 12 --precision bf16`, the tree
+    before and after alternating, three times; greedy within noise). On the demo model (tatoeba-cpu, bf16), never
     trimming: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million faults
     in 320 updates, peak RSS 966-989 vs 894-901 MB against glibc's thresholds with a trim
     every 10 updates (`/usr/bin/time .venv/bin/python bench/train_speed.py --config

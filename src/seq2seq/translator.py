@@ -23,6 +23,8 @@ from seq2seq.device import (
     autocast,
     check_precision,
     compute_dtype,
+    keep_free_memory,
+    release_free_memory,
     resolve_device,
     size_kernel_cache,
 )
@@ -73,6 +75,10 @@ class Translator:
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.max_len = max_len
+        # Each decoding step's scores are blocks of up to 16 MB; glibc would hand them back
+        # to the OS when freed and fault them in again, zeroed, at the next step (see
+        # `keep_free_memory`). `translate` returns the free pages when it is done.
+        keep_free_memory(self.ensemble.device)
 
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto",
@@ -150,6 +156,7 @@ class Translator:
                                        length_penalty)
             for i, nb in zip(idx, hyps):
                 results[i] = self._translation(nb)
+        release_free_memory(self.ensemble.device)
         return results
 
     def _autocast(self):
