@@ -9,7 +9,8 @@
 - `size_kernel_cache(workload)`: how many compiled oneDNN kernels a CPU process keeps.
 - `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS.
 - `keep_free_memory(device)`: on the CPU, let the C allocator keep freed memory for reuse
-  (the trainer uses both: keeps it, and releases it every `train.trim_every` updates).
+  (the trainer uses both: keeps it, and releases it every `train.trim_every` updates; a
+  `Translator` keeps it).
 """
 
 from __future__ import annotations
@@ -129,12 +130,11 @@ def keep_free_memory(device: torch.device) -> bool:
     much the same sizes, faults the same pages in again, zeroed by the kernel. Fixed
     thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks reused instead; the
     trainer sets them on the CPU and returns the free pages every `train.trim_every`
-    updates itself (`release_free_memory`), and a `Translator` sets them too and returns
-    the free pages at the end of each `translate` call (beam 12 bf16 on the benchmark
-    model: 124.2 vs 120.0 median sentences/s, `PYTHONPATH=TREE/src .venv/bin/python
-    bench/decode_speed.py --child --model M --beams 12 --precision bf16`, the tree
-    before and after alternating, three times; greedy within noise). On the demo model (tatoeba-cpu, bf16), never
-    trimming: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million faults
+    updates itself (`release_free_memory`). A `Translator` sets them too: beam 12 in bf16
+    on the benchmark model, 124.2 vs 120.0 median sentences/s (`PYTHONPATH=TREE/src
+    .venv/bin/python bench/decode_speed.py --child --model M --beams 12 --precision
+    bf16`, the tree before and after alternating, three times); greedy: no gain. For
+    training, on the demo model (tatoeba-cpu, bf16), never trimming: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million faults
     in 320 updates, peak RSS 966-989 vs 894-901 MB against glibc's thresholds with a trim
     every 10 updates (`/usr/bin/time .venv/bin/python bench/train_speed.py --config
     configs/tatoeba-cpu.yaml --data work/tatoeba-data --child train --precision bf16
@@ -149,8 +149,9 @@ def keep_free_memory(device: torch.device) -> bool:
     mallopt = _glibc("mallopt")
     if mallopt is None:
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD)
-                and mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))
+    mmap_set = bool(mallopt(M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD))
+    trim_set = bool(mallopt(M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD))  # even if mmap's failed
+    return mmap_set and trim_set
 
 
 def release_free_memory(device: torch.device) -> None:

@@ -193,40 +193,35 @@ class _ChunkedLoss(torch.autograd.Function):
         for s in range(0, len(hidden), chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
             rows = torch.arange(len(t), device=t.device)
-            # The softmax, in the logits' dtype (bf16 under autocast): it is the gradient
-            # below, and one pass over the block. Each row's log-sum-exp comes from its
-            # largest probability, which is at least 1 / vocab and never underflows:
-            # p_max = exp(x_max - lse). So log p(target) = x_target - lse is exact even
-            # where p(target) itself underflows, with no float32 log-softmax of the block.
-            logits = torch.addmm(b, h, w.t())
-            probs = torch.softmax(logits, 1)
-            lse = logits.amax(1).float() - probs.amax(1).float().log()
-            target_logp = logits[rows, t].float() - lse
-            del logits
+            # float32 log-softmax straight from the logits' dtype (as `log_probs`), then
+            # exp_ turns it into the softmax in place.
+            probs = torch.log_softmax(torch.addmm(b, h, w.t()), 1, dtype=torch.float32)
+            target_logp = probs[rows, t]
             nll -= target_logp.sum()
             if eps:
-                # -mean_v log p_v = lse - mean logit, the mean logit from O(rows x hidden)
-                # work (elementwise, so autocast leaves it in float32), not another pass
-                # over the block.
-                mean_logit = ((h.float() * w_sum).sum(1) + b_sum) / probs.shape[1]
-                smooth += (lse - mean_logit).sum()
+                # -mean_v log p_v = logsumexp - mean logit, both from O(rows x hidden) work
+                # (elementwise, so autocast leaves them in float32), not another pass over
+                # the block: logsumexp = target logit - log p(target).
+                hf = h.float()
+                target_logit = (hf * weight[t].float()).sum(1) + bias[t].float()
+                mean_logit = ((hf * w_sum).sum(1) + b_sum) / probs.shape[1]
+                smooth += (target_logit - target_logp - mean_logit).sum()
+            probs.exp_()
             # d loss / d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The
             # constant eps / vocab is not subtracted here (a pass over the whole block) but
             # from the three products below, where it is a rank-one term.
             probs[rows, t] -= 1.0 - eps
-            g = probs
+            g = probs.to(h.dtype)
             gh = grad_hidden[s:s + chunk]
             torch.mm(g, w, out=gh)
-            # Both in g's dtype (the sum accumulates in float32 all the same): asking sum()
-            # for float32 would first copy the whole block to float32.
-            gw, gb = g.t() @ h, g.sum(0)
+            gw, gb = g.t() @ h, probs.sum(0)
             if eps:
                 c = eps / probs.shape[1]
                 gh -= c * w.sum(0)
                 gw -= c * h.sum(0)
                 gb -= c * len(t)
             if grad_weight is None:
-                grad_weight, grad_bias = gw.float(), gb.float()
+                grad_weight, grad_bias = gw.float(), gb
             else:
                 grad_weight += gw
                 grad_bias += gb

@@ -24,7 +24,6 @@ from seq2seq.device import (
     check_precision,
     compute_dtype,
     keep_free_memory,
-    release_free_memory,
     resolve_device,
     size_kernel_cache,
 )
@@ -61,6 +60,12 @@ class Translator:
 
     The models are cast in place to the dtype of `precision`: a Translator owns its models
     (`Translator.load` gives it fresh ones); don't share them with another Translator.
+
+    On the CPU, creating a Translator sets glibc's allocator thresholds for the whole
+    process (`seq2seq.device.keep_free_memory`): freed memory is kept for reuse, so the
+    process stays near its high-water mark after decoding. `release_free_memory` in
+    `seq2seq.device` returns the free pages to the OS; MALLOC_MMAP_THRESHOLD_ or
+    MALLOC_TRIM_THRESHOLD_ in the environment leaves glibc's settings alone.
     """
 
     def __init__(
@@ -76,8 +81,7 @@ class Translator:
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.max_len = max_len
         # Each decoding step's scores are blocks of up to 16 MB; glibc would hand them back
-        # to the OS when freed and fault them in again, zeroed, at the next step (see
-        # `keep_free_memory`). `translate` returns the free pages when it is done.
+        # to the OS when freed and fault them in again, zeroed, at the next step.
         keep_free_memory(self.ensemble.device)
 
     @classmethod
@@ -156,7 +160,6 @@ class Translator:
                                        length_penalty)
             for i, nb in zip(idx, hyps):
                 results[i] = self._translation(nb)
-        release_free_memory(self.ensemble.device)
         return results
 
     def _autocast(self):
