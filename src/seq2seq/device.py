@@ -129,20 +129,20 @@ def keep_free_memory(device: torch.device) -> bool:
     trims free memory off the top of its heap: the next training step, whose tensors are of
     much the same sizes, faults the same pages in again, zeroed by the kernel. Fixed
     thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks reused instead; the
-    trainer sets them on the CPU and returns the free pages every `train.trim_every`
-    updates itself (`release_free_memory`). A `Translator` sets them too: beam 12 in bf16
-    on the benchmark model, 124.2 vs 120.0 median sentences/s (`PYTHONPATH=TREE/src
-    .venv/bin/python bench/decode_speed.py --child --model M --beams 12 --precision
-    bf16`, the tree before and after alternating, three times); greedy: no gain. For
-    training, on the demo model (tatoeba-cpu, bf16), never trimming: 7,588 / 7,936 vs 6,928 / 6,534 target tokens/s, 0.25 vs 3.2 million faults
-    in 320 updates, peak RSS 966-989 vs 894-901 MB against glibc's thresholds with a trim
-    every 10 updates (`/usr/bin/time .venv/bin/python bench/train_speed.py --config
-    configs/tatoeba-cpu.yaml --data work/tatoeba-data --child train --precision bf16
-    --steps 300 train.trim_every=0|10`, alternating, twice, before the thresholds were set
-    at every `trim_every`). The env variables MALLOC_TRIM_THRESHOLD_=1073741824
-    MALLOC_MMAP_THRESHOLD_=268435456 do the same; a user's own MALLOC_TRIM_THRESHOLD_ /
-    MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set; a no-op (False) on CUDA and
-    without glibc.
+    trainer sets them on the CPU and returns the free pages every `train.trim_every` updates
+    itself (`release_free_memory`). A `Translator` sets them too: beam 12 in bf16 on the
+    benchmark model, 124.2 vs 120.0 median sentences/s (`PYTHONPATH=TREE/src
+    .venv/bin/python bench/decode_speed.py --child --model M --beams 12 --precision bf16`,
+    the tree before and after alternating, three times); greedy: no gain. For training, on
+    the demo model (tatoeba-cpu, bf16), never trimming: 7,588 / 7,936 vs 6,928 / 6,534
+    target tokens/s, 0.25 vs 3.2 million faults in 320 updates, peak RSS 966-989 vs 894-901
+    MB against glibc's thresholds with a trim every 10 updates (`/usr/bin/time
+    .venv/bin/python bench/train_speed.py --config configs/tatoeba-cpu.yaml --data
+    work/tatoeba-data --child train --precision bf16 --steps 300 train.trim_every=0|10`,
+    alternating, twice, before the thresholds were set at every `trim_every`). The env
+    variables MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=268435456 do the
+    same; a user's own MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ wins. Returns whether
+    it was set; a no-op (False) on CUDA and without glibc.
     """
     if device.type != "cpu" or USER_MALLOC_THRESHOLDS:
         return False
