@@ -104,9 +104,6 @@ def test_chunked_loss_in_bf16_matches_float32_on_the_same_logits():
     weight[7] = 200.0  # rows whose hidden points along it put word 7 far ahead
     bias = torch.randn(300).bfloat16()
     targets = torch.randint(0, 300, (60,))
-    logits = torch.addmm(bias, hidden, weight.t()).float()
-    ref_rows = F.cross_entropy(logits, targets, reduction="none")
-    assert ref_rows.max() > 150  # some targets' probabilities underflow float32
     # Confidently right rows: logits = bias, word 11 at 10 and the rest at 0, so
     # p(target) = e^10 / (e^10 + 299) ~ 0.987.
     confident = torch.arange(40, 60)
@@ -116,6 +113,7 @@ def test_chunked_loss_in_bf16_matches_float32_on_the_same_logits():
     bias[11] = 10.0
     logits = torch.addmm(bias, hidden, weight.t()).float()
     ref_rows = F.cross_entropy(logits, targets, reduction="none")
+    assert ref_rows.max() > 150  # some targets' probabilities underflow float32
     assert 0.005 < ref_rows[confident].max() < 0.05
     for i in range(60):  # one row at a time: a sum over rows would hide one row's error
         _, nll = chunked_loss(hidden[i:i + 1], weight, bias, targets[i:i + 1], chunk=4)
