@@ -133,7 +133,8 @@ def keep_free_memory(device: torch.device) -> bool:
     itself (`release_free_memory`). A `Translator` sets them too: beam 12 in bf16 on the
     benchmark model, 124.2 vs 120.0 median sentences/s (`PYTHONPATH=TREE/src
     .venv/bin/python bench/decode_speed.py --child --model M --beams 12 --precision bf16`,
-    the tree before and after alternating, three times); greedy: no gain. For training, on
+    the tree before and after alternating, three times, measured with a trim after each call,
+    since dropped); greedy: no gain. For training, on
     the demo model (tatoeba-cpu, bf16), never trimming: 7,588 / 7,936 vs 6,928 / 6,534
     target tokens/s, 0.25 vs 3.2 million faults in 320 updates, peak RSS 966-989 vs 894-901
     MB against glibc's thresholds with a trim every 10 updates (`/usr/bin/time
