@@ -113,6 +113,10 @@ class Trainer:
         self.scaler = grad_scaler(self.device, cfg.train.precision)
         self.pos = Position()
         self.best_valid_ppl = float("inf")
+        # Wall seconds of training so far, across resumptions (time lost to a kill after
+        # the last checkpoint is not counted: it is the time of an uninterrupted run).
+        self._seconds_before = 0.0
+        self._clock = time.perf_counter()
         self._batches: tuple[int, list[np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ the loop
@@ -124,6 +128,7 @@ class Trainer:
             for stale in self.run_dir.glob(".*.pt.tmp-*"):  # a save cut short by a kill
                 stale.unlink()
         self._resume_or_start()
+        self._clock = time.perf_counter()
         cfg = self.cfg
         total = self._total_steps()
         bar = tqdm(total=total, initial=self.pos.step, disable=None if self.rank == 0 else True,
@@ -137,6 +142,7 @@ class Trainer:
             bar.update(1)
             if self.pos.step % cfg.train.log_every == 0:
                 record = window.flush(self.pos, self._epoch())
+                record["elapsed_s"] = round(self.elapsed(), 1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
                                 tok_s=f"{record['tgt_tok_s']:,.0f}")
                 self._write_metrics(record)
@@ -200,6 +206,10 @@ class Trainer:
             total_tokens += batch.num_tokens()[1]
         return {"valid_nll": total_nll / total_tokens,
                 "valid_ppl": math.exp(min(total_nll / total_tokens, 50.0))}
+
+    def elapsed(self) -> float:
+        """Wall seconds spent training this run so far, resumptions included."""
+        return self._seconds_before + time.perf_counter() - self._clock
 
     # ------------------------------------------------------------------ data position
 
@@ -266,6 +276,7 @@ class Trainer:
             state.update(
                 optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                 position=vars(self.pos).copy(), rng=self._rng_states(),
+                elapsed=self.elapsed(),
             )
         return state
 
@@ -286,7 +297,7 @@ class Trainer:
 
     def _validate_and_save(self) -> dict[str, Any]:
         record = {"step": self.pos.step, "epoch": round(self._epoch(), 4), **self.validate(),
-                  "peak_rss_mb": round(_peak_rss_mb())}
+                  "peak_rss_mb": round(_peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
         improved = record["valid_ppl"] < self.best_valid_ppl
         if improved:
             self.best_valid_ppl = record["valid_ppl"]
@@ -321,6 +332,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.pos = Position(**state["position"])
         self.best_valid_ppl = state["best_valid_ppl"]
+        self._seconds_before = float(state.get("elapsed", 0.0))  # absent before 2026-12
         rng = state["rng"][self.rank % len(state["rng"])]  # more ranks than saved: reuse
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
