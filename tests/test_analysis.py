@@ -10,6 +10,7 @@ from seq2seq.analysis import (
     length_buckets,
     mean_frequency_rank,
     pca_2d,
+    read_metrics,
     read_nbest,
     rescore,
 )
@@ -92,3 +93,40 @@ def test_plot_commands_write_readable_files(capsys, tmp_path, trained_run, corpu
     code = main(["evaluate", "--model", model, "--src", src, "--ref", ref, "--beam", "1",
                  "--by-length"])
     assert code == 0 and "src length | sentences |  BLEU" in capsys.readouterr().out
+
+
+def test_plot_curves_draws_runs_and_reports_their_validation(capsys, tmp_path, trained_run):
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    other = tmp_path / "other"
+    other.mkdir()
+    lines = [{"step": 10, "loss": 5.0, "ppl": 148.4, "elapsed_s": 3.0},
+             {"step": 20, "valid_ppl": 90.0, "elapsed_s": 6.5},
+             {"step": 40, "valid_ppl": 70.0, "elapsed_s": 12.0}]
+    (other / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    code = main(["plot", "curves", str(trained_run), str(other), "--out", str(tmp_path / "c")])
+    assert code == 0
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "c.svg").exists()
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.strip().startswith("other"))
+    assert [c.strip() for c in row.split("|")][:4] == ["other", "40", "70.00", "70.00"]
+    # The trained run's own records: every validation line carries the wall time so far.
+    records = read_metrics(trained_run)
+    valid = [r for r in records if "valid_ppl" in r]
+    assert [r["step"] for r in valid] == [60, 120]
+    assert 0 < valid[0]["elapsed_s"] < valid[1]["elapsed_s"]
+    assert matplotlib.get_backend() == backend  # plotting left pyplot's backend alone
+
+
+def test_plot_curves_errors_name_the_run(capsys, tmp_path):
+    assert main(["plot", "curves", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert f"{tmp_path}/metrics.jsonl: not found" in capsys.readouterr().err
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    assert main(["plot", "curves", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "metrics.jsonl line 2: not JSON" in capsys.readouterr().err
+    assert main(["plot", "curves", "--out", str(tmp_path / "c")]) == 2
+    assert "needs at least one RUN_DIR" in capsys.readouterr().err
+    assert main(["plot", "length", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "takes no RUN_DIR" in capsys.readouterr().err

@@ -100,6 +100,24 @@ def test_resume_refuses_a_different_config(data_dir, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
+def test_rerunning_a_finished_run_changes_nothing_and_keeps_the_clock(data_dir, tmp_path):
+    cfg = config_from_dict(tiny_config(optim={"max_steps": 4}, train={"valid_every": 2}))
+    first = Trainer(cfg, data_dir, tmp_path, log=lambda _: None).train()
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    before = load_checkpoint(tmp_path / "last.pt")
+    again = Trainer(cfg, data_dir, tmp_path, log=lambda _: None).train()
+    assert again == first
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics  # no second validation line
+    assert load_checkpoint(tmp_path / "last.pt")["elapsed"] == before["elapsed"] > 0
+    # A longer budget goes on from there, the clock too.
+    longer = config_from_dict(tiny_config(optim={"max_steps": 6}, train={"valid_every": 2}))
+    Trainer(longer, data_dir, tmp_path, log=lambda _: None).train()
+    valid = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()
+             if "valid_ppl" in line]
+    assert [r["step"] for r in valid] == [2, 4, 6]
+    assert valid[1]["elapsed_s"] <= before["elapsed"] + 0.1 < valid[2]["elapsed_s"]
+
+
 def test_bf16_training_tracks_fp32(data_dir, tmp_path):
     ppl = {}
     for precision in ("fp32", "bf16"):

@@ -88,8 +88,7 @@ def buckets_table(buckets: list[Bucket], what: str) -> str:
 
 def plot_buckets(buckets: list[Bucket], xlabel: str, title: str, out: Path) -> list[Path]:
     """A line plot of BLEU per bucket, with the sentence count written at each point."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = figure(figsize=(7, 4.5))
     x = [(b.low + b.high) / 2 for b in buckets]
     ax.plot(x, [b.bleu for b in buckets], marker="o", label="BLEU (sacreBLEU)")
     for xi, b in zip(x, buckets):
@@ -99,7 +98,7 @@ def plot_buckets(buckets: list[Bucket], xlabel: str, title: str, out: Path) -> l
     ax.margins(y=0.15)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- Figure 2
@@ -116,15 +115,80 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
 
 def plot_pca(points: np.ndarray, labels: Sequence[str], title: str, out: Path) -> list[Path]:
     """A scatter plot of 2-D points, each labelled with its phrase."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 6))
+    fig, ax = figure(figsize=(8, 6))
     ax.scatter(points[:, 0], points[:, 1], s=25, label="encoder final state (PCA)")
     for (x, y), text in zip(points, labels):
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set(xlabel="principal component 1", ylabel="principal component 2", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
-    return _save(fig, out)
+    return save_figure(fig, out)
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records of a run's `metrics.jsonl`: training lines (`loss`, `ppl`) and
+    validation lines (`valid_ppl`), each with `step` and, since 2026-12, `elapsed_s`."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: not found (is {run_dir} a run directory of `seq2seq train`?)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise DataError(f"{path} line {number}: a metrics record needs a 'step'")
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records yet")
+    return records
+
+
+def curve_summary(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per run: updates, best and last validation perplexity, wall time."""
+    out = []
+    for name, records in runs.items():
+        valid = [r for r in records if "valid_ppl" in r]
+        out.append({
+            "run": name, "steps": max(r["step"] for r in records),
+            "best_valid_ppl": min((r["valid_ppl"] for r in valid), default=float("nan")),
+            "last_valid_ppl": valid[-1]["valid_ppl"] if valid else float("nan"),
+            "elapsed_s": max((r.get("elapsed_s", 0.0) for r in records), default=0.0),
+        })
+    return out
+
+
+def plot_curves(runs: dict[str, list[dict]], out: Path, title: str = "Training curves"
+                ) -> list[Path]:
+    """Training (thin) and validation (markers) perplexity of each run against updates and,
+    where the records have it, against wall time; one colour per run, log scale."""
+    timed = all(any("elapsed_s" in r for r in records) for records in runs.values())
+    fig, axes = figure(ncols=2 if timed else 1, figsize=(12 if timed else 7, 4.5))
+    axes = list(axes) if timed else [axes]
+    for k, (name, records) in enumerate(runs.items()):
+        color = f"C{k % 10}"
+        train = [r for r in records if "ppl" in r]
+        valid = [r for r in records if "valid_ppl" in r]
+        xs = [("step", 1.0, "updates")] + ([("elapsed_s", 3600.0, "wall time (hours)")]
+                                          if timed else [])
+        for ax, (key, scale, label) in zip(axes, xs):
+            ax.plot([r.get(key, np.nan) / scale for r in train], [r["ppl"] for r in train],
+                    color=color, alpha=0.35, linewidth=1)
+            ax.plot([r.get(key, np.nan) / scale for r in valid],
+                    [r["valid_ppl"] for r in valid], "o-", color=color, markersize=3,
+                    label=f"{name} (valid)")
+            ax.set(xlabel=label, ylabel="perplexity", yscale="log")
+    axes[0].set_title(f"{title}: thin = training, markers = validation")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return save_figure(fig, out)
 
 
 # --------------------------------------------------------------------------- rescoring
@@ -175,21 +239,21 @@ def rescore(entries: list[NbestEntry], sources: Sequence[str], translator,
 # --------------------------------------------------------------------------- helpers
 
 
-def _pyplot():
-    import matplotlib
+def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4.5)):
+    """A matplotlib Figure and its axes, made without pyplot: no global backend or state
+    is touched, so plotting from a notebook or a GUI program leaves its backend alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
 
 
-def _save(fig, out: Path) -> list[Path]:
+def save_figure(fig, out: str | Path) -> list[Path]:
+    """Write `fig` as `out`.png and `out`.svg; the two paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
     for p in paths:
         fig.savefig(p, dpi=120)
-    fig.clear()
     return paths

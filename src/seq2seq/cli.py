@@ -24,7 +24,8 @@ EXAMPLES = {
     "rescore": "seq2seq rescore --model runs/tatoeba/best.pt --src test.en --nbest test.nbest "
                "--weight 0.5 --one-best",
     "plot": "seq2seq plot length --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
-            "--ref data/tatoeba-en-fr/test.fr --out plots/length",
+            "--ref data/tatoeba-en-fr/test.fr --out plots/length\n"
+            "  seq2seq plot curves runs/forward runs/reversed --out plots/curves",
     "serve": "seq2seq serve --model runs/tatoeba/best.pt --port 8000  "
              "# then open http://127.0.0.1:8000/",
 }
@@ -126,9 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-best", action="store_true",
                    help="print only the best hypothesis of each source")
 
-    p = verb("plot", "Figure 2 (pca) and Figure 3 (length, rarity) of the paper.", cmd_plot)
-    p.add_argument("kind", choices=("pca", "length", "rarity"))
-    _model_args(p)
+    p = verb("plot", "Figure 2 (pca), Figure 3 (length, rarity) of the paper, and training "
+             "curves (curves RUN_DIR...).", cmd_plot)
+    p.add_argument("kind", choices=("pca", "length", "rarity", "curves"))
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="curves: run directories of `seq2seq train` (their metrics.jsonl)")
+    _model_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PREFIX",
                    help="writes PREFIX.png and PREFIX.svg (and PREFIX.json for length/rarity)")
     p.add_argument("--phrases", metavar="FILE", help="pca: one phrase per line")
@@ -172,8 +176,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                         "AVX-512 BF16 or AMX, fp16 needs CUDA")
 
 
-def _model_args(p: argparse.ArgumentParser, decoding: bool = True) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="CKPT",
+def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True
+                ) -> None:
+    p.add_argument("--model", action="append", required=required, metavar="CKPT",
                    help="checkpoint; repeat for an ensemble")
     _device_args(p)
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
@@ -344,6 +349,12 @@ def cmd_plot(args) -> None:
     from seq2seq import analysis
     from seq2seq.text import read_lines, read_pairs
 
+    if args.kind == "curves":
+        return _plot_curves(args)
+    if args.runs:
+        raise Seq2SeqError(f"plot {args.kind} takes no RUN_DIR (only plot curves does)")
+    if not args.model:
+        raise Seq2SeqError(f"plot {args.kind} needs --model CKPT")
     translator = _load(args)
     if args.kind == "pca":
         if not args.phrases:
@@ -381,6 +392,25 @@ def cmd_plot(args) -> None:
     json_path.write_text(analysis.buckets_to_json(buckets, xlabel) + "\n")
     print(analysis.buckets_table(buckets, args.kind))
     print("\n".join(map(str, [*paths, json_path])))
+
+
+def _plot_curves(args) -> None:
+    from seq2seq import analysis
+
+    if not args.runs:
+        raise Seq2SeqError("plot curves needs at least one RUN_DIR")
+    if args.model:
+        raise Seq2SeqError("plot curves reads run directories, not --model checkpoints")
+    runs = {}
+    for run in args.runs:
+        name = Path(run).resolve().name
+        runs[name if name not in runs else run] = analysis.read_metrics(run)
+    paths = analysis.plot_curves(runs, Path(args.out))
+    print(f"{'run':>20} | updates | best valid ppl | last valid ppl | wall time")
+    for r in analysis.curve_summary(runs):
+        print(f"{r['run']:>20} | {r['steps']:>7} | {r['best_valid_ppl']:>14.2f} | "
+              f"{r['last_valid_ppl']:>14.2f} | {r['elapsed_s'] / 60:7.1f} min")
+    print("\n".join(map(str, paths)))
 
 
 # ---------------------------------------------------------------------------- helpers

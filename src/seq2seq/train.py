@@ -152,6 +152,8 @@ class Trainer:
             elif self.pos.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
                 self.save("last.pt")
         bar.close()
+        if not last_valid:  # resumed a finished run: its last validation, if it was written
+            last_valid = self._logged_validation(self.pos.step)
         if not last_valid or last_valid.get("step") != self.pos.step:
             last_valid = self._validate_and_save()
         return last_valid
@@ -342,6 +344,16 @@ class Trainer:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.pos.step)
         self.log(f"resumed {last} at step {self.pos.step} (epoch {self.pos.epoch}, "
                  f"batch {self.pos.batch})")
+
+    def _logged_validation(self, step: int) -> dict[str, Any]:
+        """The validation record of `step` in metrics.jsonl, or {}. Under DDP always {}:
+        the ranks must agree on validating, and only rank 0 has the file."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.world > 1 or not path.exists():
+            return {}
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return next((r for r in reversed(records)
+                     if r.get("step") == step and "valid_ppl" in r), {})
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
         if self.rank == 0:
