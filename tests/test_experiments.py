@@ -10,35 +10,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_table1_writes_every_row_and_the_rescoring(data_dir, tmp_path):
-    out = tmp_path / "RESULTS.md"
-    subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "table1.py"), "--steps", "30",
-         "--test-sentences", "30", "--data", str(data_dir), "--work", str(tmp_path / "work"),
-         "--out", str(out), "model.embed_dim=24", "model.hidden_size=32", "train.threads=1"],
-        check=True, capture_output=True)
-    results = json.loads(out.with_suffix(".json").read_text())
-    rows = {(r["system"], r["beam"]) for r in results["rows"]}
-    assert rows == {("forward", 12), ("reversed", 1), ("reversed", 2), ("reversed", 12),
-                    ("ensemble of 2", 1), ("ensemble of 2", 12), ("ensemble of 3", 1),
-                    ("ensemble of 3", 12)}
-    assert sum(r["system"] == "reversed" for r in results["rows"]) == 9  # 3 seeds x 3 beams
-    assert [r["reverse"] for r in results["runs"]] == [False, True, True, True]
-    assert all(r["ppl"] > 1 for r in results["rows"] if "ppl" in r)
-    resc = results["rescoring"]
-    assert all(0 <= resc[k] <= 100 for k in ("bleu_before", "bleu_after", "oracle_bleu"))
-    text = out.read_text()
-    for heading in ("Reversing the source", "Beam size and ensembles", "Rescoring",
-                    "What agrees with the paper", "Commands and wall times"):
-        assert heading in text
-    # The report can be written again from the JSON alone, with the same tables.
-    again = tmp_path / "again.md"
-    subprocess.run([sys.executable, str(ROOT / "experiments" / "table1.py"), "--from-json",
-                    str(out.with_suffix(".json")), "--out", str(again)], check=True,
-                   capture_output=True)
-    assert again.read_text().splitlines()[3:] == text.splitlines()[3:]
-
-
 def test_synthetic_task_target_is_the_mapped_source_with_neighbours_swapped(tmp_path):
     sys.path.insert(0, str(ROOT / "experiments"))
     try:
@@ -73,3 +44,44 @@ def test_reversed_source_learns_long_synthetic_sequences_faster(tmp_path):
     assert (tmp_path / "synthetic.png").stat().st_size > 0
     assert [b["sentences"] for b in forward["by_length"]] == \
         [b["sentences"] for b in reversed_["by_length"]]
+
+
+HANSARD = ROOT.parent / "shared" / "data" / "hansard-en-fr"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HANSARD / "train.en.gz").exists(), reason="../shared/data not beside")
+def test_paper_quick_runs_every_task_and_writes_a_portable_report(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    argv = [sys.executable, str(ROOT / "experiments" / "paper.py"), "--quick", "--work",
+            str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--out", str(out),
+            "--figures", str(tmp_path / "figures")]
+    subprocess.run(argv, check=True, capture_output=True)
+    results = {p.relative_to(tmp_path / "results").with_suffix("").as_posix()
+               for p in (tmp_path / "results").rglob("*.json")}
+    runs = ["forward-seed1", "forward-seed2", "reversed-seed1", "reversed-seed2",
+            "reversed-seed3"]
+    assert results == {*(f"train/{r}" for r in runs), *(f"model/{r}" for r in runs),
+                       "ensemble/2", "ensemble/3", "rescore", "pca", "synthetic"}
+    model = json.loads((tmp_path / "results" / "model" / "reversed-seed1.json").read_text())
+    assert [b["beam"] for b in model["beams"]] == [1, 2, 12]
+    assert sum(b["sentences"] for b in model["by_length"]) == 40
+    assert sum(b["sentences"] for b in model["by_rarity"]) == 40
+    train = json.loads((tmp_path / "results" / "train" / "forward-seed1.json").read_text())
+    assert "model.reverse_source=false" in train["command"] and train["steps"] == 30
+    text = out.read_text()
+    for heading in ("Reversing the source", "By source length", "Training curves",
+                    "Beam size and ensembles", "Rescoring", "word rarity", "Figure 2",
+                    "synthetic task", "Commands and wall times"):
+        assert heading in text
+    assert str(ROOT) not in text and str(tmp_path) not in text  # no path of one machine
+    for name in ("curves", "length", "rarity", "pca", "synthetic"):
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "figures" / f"{name}.svg").exists()
+    # Done tasks are not run again, and the report comes back the same from the JSON.
+    stamp = (tmp_path / "results" / "train" / "forward-seed1.json").stat().st_mtime_ns
+    subprocess.run(argv, check=True, capture_output=True)
+    assert (tmp_path / "results" / "train" / "forward-seed1.json").stat().st_mtime_ns == stamp
+    assert out.read_text() == text
+    subprocess.run([*argv, "--report"], check=True, capture_output=True)
+    assert out.read_text() == text
