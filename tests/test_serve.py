@@ -213,3 +213,18 @@ def test_without_batching_each_request_is_its_own_model_call(trained_run, transl
     assert health["requests"] == health["batches"] == 20 and not health["batching"]
     for s, body in zip(SENTENCES * 2, answers):
         assert body["translations"][0]["text"] == translator.translate([s], beam=2)[0].text
+
+
+@pytest.mark.parametrize("raw, field", [
+    ('{"sentences": ["Go!"], "length_penalty": NaN}', "length_penalty"),
+    ('{"sentences": ["Go!"], "length_penalty": Infinity}', "length_penalty"),
+    ('{"sentences": ["Go!"], "length_penalty": -Infinity}', "length_penalty"),
+    ('{"sentences": ["Go!"], "beam": NaN}', "beam"),
+    ('{"sentences": ["Go!"], "beam": 1e400}', "beam"),
+    ('{"sentences": ["Go!"], "nbest": Infinity}', "nbest"),
+])
+def test_non_finite_numbers_are_422_naming_the_field(client, raw, field):
+    response = client.post("/translate", content=raw,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert [e["loc"][-1] for e in response.json()["detail"]] == [field]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -319,6 +321,7 @@ def create_app(translator: Translator, limits: Limits | None = None,
     app = FastAPI(title="seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Deep-LSTM translation (Sutskever et al., 2014).")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     _add_routes(app, batcher, limits, model_names or [])
     return app
@@ -361,6 +364,26 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, model_names: lis
 def _translation_out(t: Translation) -> TranslationOut:
     return TranslationOut(text=t.text, score=t.score,
                           nbest=[Hypothesis(text=x, score=s) for x, s in t.nbest])
+
+
+async def _invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
+    """422 naming the field. Inputs that JSON cannot carry back (NaN, Infinity, 1e400) are
+    echoed as text; FastAPI's own handler would fail on them with a 500."""
+    detail = [{k: _json_safe(v) for k, v in e.items() if k in ("loc", "msg", "type", "input")}
+              for e in err.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 async def _internal_error(_: Request, err: Exception) -> JSONResponse:
