@@ -160,3 +160,36 @@ def test_train_on_a_missing_gpu_is_a_clear_error(capsys, tmp_path, data_dir):
     code, _, err = run(capsys, "train", "configs/tatoeba-cpu.yaml", "--data", data_dir,
                        "--out", tmp_path / "r", "--device", "cuda")
     one_line_error(code, err, "device cuda was asked for, but no CUDA GPU is available")
+
+
+def test_translate_output_may_be_its_input_and_is_replaced_only_at_the_end(capsys, tmp_path,
+                                                                           trained_run):
+    model = trained_run / "best.pt"
+    same = tmp_path / "same.txt"
+    same.write_text("Tom is here.\nI like cats.\n")
+    code, _, _ = run(capsys, "translate", "--model", model, "--input", same, "--output", same,
+                     "--beam", 2)
+    assert code == 0
+    translated = same.read_text().splitlines()
+    assert len(translated) == 2 and all(translated)
+    (tmp_path / "in.en").write_text("Tom is here.\nI like cats.\n")
+    code, out, _ = run(capsys, "translate", "--model", model, "--input", tmp_path / "in.en",
+                       "--beam", 2)
+    assert out.splitlines() == translated
+    # A run that fails on its input leaves an existing output as it was, and no temp file.
+    (tmp_path / "bad.en").write_bytes(b"Tom is here.\n\xff\xfe\n")
+    code, _, err = run(capsys, "translate", "--model", model, "--input", tmp_path / "bad.en",
+                       "--output", same)
+    one_line_error(code, err, "bad.en line 2: invalid UTF-8")
+    assert same.read_text().splitlines() == translated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.en", "in.en", "same.txt"]
+
+
+@pytest.mark.parametrize("where, message", [("missing/out.fr", "does not exist"),
+                                            (".", "is a directory")])
+def test_translate_output_into_a_missing_folder_or_a_folder(capsys, tmp_path, trained_run,
+                                                            where, message):
+    (tmp_path / "in.en").write_text("Tom is here.\n")
+    code, _, err = run(capsys, "translate", "--model", trained_run / "best.pt", "--input",
+                       tmp_path / "in.en", "--output", tmp_path / where)
+    one_line_error(code, err, message)

@@ -1,5 +1,6 @@
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +96,43 @@ def test_existing_output_is_kept_without_force(corpus, data_dir):
         prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"],
                 corpus["valid_tgt"], data_dir, log=lambda _: None)
     assert (data_dir / "meta.json").read_text() == before
+
+
+def test_force_replaces_only_a_data_directory_that_holds_no_input(tmp_path, monkeypatch):
+    (tmp_path / "x.en").write_text("a b\nc d\n")
+    (tmp_path / "x.fr").write_text("e f\ng h\n")
+    (tmp_path / "notes.txt").write_text("keep me")
+    src, tgt = tmp_path / "x.en", tmp_path / "x.fr"
+
+    def prep(out, src=src, tgt=tgt):
+        prepare(src, tgt, src, tgt, out, tokenizer="space", force=True, log=lambda _: None)
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="not a data directory"):
+        prep(tmp_path)  # the folder of the corpora: `--out . --force`
+    (tmp_path / "meta.json").write_text("{}")  # even if it looks like one
+    with pytest.raises(DataError, match="current directory"):
+        prep(Path("."))
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(DataError, match="not a data directory"):
+        prep(tmp_path / "notes.txt")
+    prep(tmp_path / "data")
+    made = (tmp_path / "data" / "meta.json").read_text()
+    (tmp_path / "data" / "raw.en").write_text("a b\nc d\n")  # the corpus inside the target
+    with pytest.raises(DataError, match="holds the input"):
+        prep(tmp_path / "data", src=tmp_path / "data" / "raw.en")
+    assert (tmp_path / "data" / "raw.en").exists()
+    (tmp_path / "data" / "raw.en").unlink()
+    prep(tmp_path / "data")  # a data directory of ours is replaced
+    assert (tmp_path / "data" / "meta.json").read_text() == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt", "x.en", "x.fr"]
+
+
+def test_prepare_out_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "x.en").write_text("a b\n")
+    with pytest.raises(DataError, match="cannot create the data directory"):
+        prepare(tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en",
+                tmp_path / "x.en" / "data", tokenizer="space", log=lambda _: None)
 
 
 def test_truncated_binary_is_detected(data_dir, tmp_path):

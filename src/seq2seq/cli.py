@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
@@ -244,11 +245,12 @@ def _dry_run(cfg, data: str | None) -> None:
 
 
 def cmd_translate(args) -> None:
+    from seq2seq.text import atomic_output
+
     translator = _load(args)
     if not 1 <= args.nbest <= args.beam:
         raise Seq2SeqError(f"--nbest must be between 1 and --beam ({args.beam})")
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
+    with atomic_output(args.output) if args.output else nullcontext(sys.stdout) as out:
         lines = _input_lines(args.input)
         offset = 0
         while chunk := list(islice(lines, INPUT_CHUNK)):
@@ -263,9 +265,6 @@ def cmd_translate(args) -> None:
                     out.writelines(f"{i} ||| {text} ||| {score:.4f}\n" for text, score in r.nbest)
             out.flush()
             offset += len(chunk)
-    finally:
-        if out is not sys.stdout:
-            out.close()
 
 
 def cmd_score(args) -> None:
@@ -281,7 +280,7 @@ def cmd_score(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from seq2seq.evaluate import evaluate
-    from seq2seq.text import read_pairs
+    from seq2seq.text import atomic_output, read_pairs
 
     translator = _load(args)
     pairs = list(read_pairs(args.src, args.ref))
@@ -293,7 +292,8 @@ def cmd_evaluate(args) -> None:
                              max_len_b=args.max_len_b, length_penalty=args.length_penalty)
     metrics["models"] = args.model
     if args.hyps:
-        Path(args.hyps).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        with atomic_output(args.hyps) as f:
+            f.writelines(h + "\n" for h in hyps)
     if args.by_length:
         from seq2seq import analysis
 

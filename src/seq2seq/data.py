@@ -146,14 +146,20 @@ def prepare(
     Returns the summary that is also saved in `out/meta.json`.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise DataError(f"{out} already exists (use --force to replace it)")
+    if out.exists():
+        if not force:
+            raise DataError(f"{out} already exists (use --force to replace it)")
+        _check_replaceable(out, (train_src, train_tgt, valid_src, valid_tgt))
     start = time.perf_counter()
     src_lang = src_lang or _lang_of(train_src)
     tgt_lang = tgt_lang or _lang_of(train_tgt)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise DataError(f"{out}: cannot create the data directory there ({err.strerror})"
+                        ) from None
     try:
         tokenizers = _make_tokenizers(
             tokenizer, lowercase, (src_lang, tgt_lang), (train_src, train_tgt),
@@ -195,6 +201,20 @@ def prepare(
         f"({train_stats.pairs / max(elapsed, 1e-9):,.0f} pairs/s)"
     )
     return meta
+
+
+def _check_replaceable(out: Path, inputs: tuple) -> None:
+    """`--force` replaces only a data directory of ours, and never one holding an input or
+    the current directory: what it deletes is what `prepare` made."""
+    where = out.resolve()
+    if not (out / "meta.json").is_file():
+        raise DataError(f"{out}: exists and is not a data directory (no meta.json); --force "
+                        "only replaces what prepare made")
+    if Path.cwd().resolve().is_relative_to(where):
+        raise DataError(f"{out}: is the current directory or holds it; not replaced")
+    for path in inputs:
+        if Path(path).resolve().is_relative_to(where):
+            raise DataError(f"{out}: holds the input {path}; not replaced")
 
 
 def _lang_of(path: str | Path) -> str:

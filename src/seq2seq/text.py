@@ -13,13 +13,16 @@ same whitespace.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import lzma
+import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from seq2seq.errors import DataError
 
@@ -134,6 +137,40 @@ def read_lines(path: str | Path) -> Iterator[str]:
                 yield line
     except (OSError, EOFError, lzma.LZMAError) as err:  # damaged .gz/.xz, I/O errors
         raise DataError(f"{path}: unreadable after line {number}: {err}") from None
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[TextIO]:
+    """A UTF-8 text file for `path`, written under a temporary name beside it and renamed
+    over it only when the block ends without error.
+
+    `path` is never truncated: it may be the very file the block reads its input from, and
+    a run that fails leaves an existing file as it was. A full disk or a folder that cannot
+    be written raises DataError naming `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file to write")
+    if not path.parent.is_dir():
+        raise DataError(f"{path}: its folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            f = open(tmp, "w", encoding="utf-8")
+        except OSError as err:
+            raise DataError(f"{path}: cannot write there ({err.strerror})") from None
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"{path}: no space left on the device; nothing was replaced"
+                            ) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_pairs(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
