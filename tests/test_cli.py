@@ -122,7 +122,7 @@ def test_translate_bad_length_penalty(capsys, tmp_path, trained_run, alpha):
     out = tmp_path / "out.fr"
     code, _, err = run(capsys, "translate", "--model", trained_run / "best.pt",
                        "--length-penalty", alpha, "--output", out)
-    one_line_error(code, err, "--length-penalty must be a finite number >= 0", alpha)
+    one_line_error(code, err, "length_penalty must be a finite number in [0, 10]", alpha)
     assert not out.exists()
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from seq2seq.data import DataDir
-from seq2seq.errors import ConfigError
+from seq2seq.errors import ArgumentError, ConfigError
 from seq2seq.evaluate import bleu_chrf, perplexity, tokenized_bleu
 from seq2seq.translator import Translator
 
@@ -93,3 +93,41 @@ def test_translator_keeps_freed_memory_for_reuse(trained_run, monkeypatch):
     t = Translator.load(trained_run / "best.pt", device="cpu")
     t.translate(SENTENCES, beam=3, batch_size=2)
     assert calls == ["cpu"]  # once per Translator, not per call
+
+
+def test_one_string_is_refused_not_split_into_characters(translator):
+    with pytest.raises(ArgumentError, match=r"sentences must be a list of strings, not one"):
+        translator.translate("How are you?")
+    with pytest.raises(ArgumentError, match="sources must be a list of strings, not one"):
+        translator.score("abc", ["xyz"])
+    with pytest.raises(ArgumentError, match="targets must be a list of strings, not one"):
+        translator.score(["abc"], "xyz")
+    with pytest.raises(ArgumentError, match="sentences must be a list of strings"):
+        translator.translate([1, 2])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"beam": 0}, "beam must be an integer in 1..256, got 0"),
+    ({"beam": 10_000}, "beam must be an integer in 1..256, got 10000"),
+    ({"beam": 2.5}, "beam must be an integer in 1..256, got 2.5"),
+    ({"beam": 3, "nbest": 4}, "nbest must be an integer in 1..3, got 4"),
+    ({"nbest": 0}, "nbest must be an integer in 1..12, got 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"max_len_a": -1.0}, "max_len_a must be a finite number >= 0, got -1.0"),
+    ({"max_len_a": float("nan")}, "max_len_a must be a finite number >= 0, got nan"),
+    ({"max_len_b": -1}, "max_len_b must be an integer >= 0, got -1"),
+    ({"length_penalty": -0.5}, r"length_penalty must be a finite number in \[0, 10\], got -0.5"),
+    ({"length_penalty": float("inf")}, r"length_penalty must be a finite number in \[0, 10\]"),
+    ({"length_penalty": 11}, r"length_penalty must be a finite number in \[0, 10\], got 11"),
+])
+def test_decoding_arguments_are_checked_with_one_message(translator, kwargs, message):
+    with pytest.raises(ArgumentError, match=message):
+        translator.translate(["How are you?"], **kwargs)
+
+
+def test_cli_gives_the_translator_s_message(capsys, trained_run):
+    from seq2seq.cli import main
+
+    code = main(["translate", "--model", str(trained_run / "best.pt"), "--beam", "10000"])
+    assert code == 2
+    assert "beam must be an integer in 1..256, got 10000" in capsys.readouterr().err

@@ -248,8 +248,6 @@ def cmd_translate(args) -> None:
     from seq2seq.text import atomic_output
 
     translator = _load(args)
-    if not 1 <= args.nbest <= args.beam:
-        raise Seq2SeqError(f"--nbest must be between 1 and --beam ({args.beam})")
     with atomic_output(args.output) if args.output else nullcontext(sys.stdout) as out:
         lines = _input_lines(args.input)
         offset = 0
@@ -374,9 +372,9 @@ def cmd_plot(args) -> None:
             raise DataError(f"{args.hyps} has {len(hyps)} lines but {args.src} has "
                             f"{len(sources)}")
     else:
-        hyps = [t.text for t in translator.translate(sources, beam=args.beam,
-                                                     batch_size=args.batch_size,
-                                                     length_penalty=args.length_penalty)]
+        hyps = [t.text for t in translator.translate(
+            sources, beam=args.beam, batch_size=args.batch_size, max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b, length_penalty=args.length_penalty)]
     tokens = [translator.src_tokenizer.tokenize(s) for s in sources]
     if args.kind == "length":
         keys = [len(t) for t in tokens]
@@ -417,12 +415,15 @@ def _plot_curves(args) -> None:
 
 
 def _load(args):
-    from seq2seq.translator import Translator
+    """The Translator of --model, after the decoding arguments passed the library's checks
+    (the same words as from Python or the server; before the slow part)."""
+    from seq2seq.translator import Translator, check_decoding
 
-    _check_positive(args, "batch_size", "beam")
-    alpha = getattr(args, "length_penalty", 0.0)
-    if not 0.0 <= alpha < float("inf"):
-        raise Seq2SeqError(f"--length-penalty must be a finite number >= 0, got {alpha}")
+    if hasattr(args, "beam"):
+        check_decoding(args.beam, getattr(args, "nbest", 1), args.batch_size, args.max_len_a,
+                       args.max_len_b, args.length_penalty)
+    else:
+        _check_positive(args, "batch_size")
     return Translator.load(args.model, device=args.device, precision=args.precision)
 
 

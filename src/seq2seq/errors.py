@@ -17,6 +17,10 @@ class CheckpointError(Seq2SeqError):
     """A checkpoint is missing, truncated, or not one of ours."""
 
 
+class ArgumentError(Seq2SeqError, ValueError):
+    """An argument of a library call is outside its allowed range; the message names it."""
+
+
 def warn(message: str) -> None:
     """Tell the user something went differently than asked, without stopping."""
     import sys

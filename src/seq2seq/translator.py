@@ -9,6 +9,7 @@ Several checkpoints make an ensemble; they must share vocabularies and tokenizer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from seq2seq.device import (
     resolve_device,
     size_kernel_cache,
 )
-from seq2seq.errors import CheckpointError, warn
+from seq2seq.errors import ArgumentError, CheckpointError, warn
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Ensemble, Hypothesis, beam_search, greedy_search
 from seq2seq.text import Tokenizer
@@ -147,7 +148,8 @@ class Translator:
 
         `first_line` numbers the inputs in warnings (for callers that stream a file).
         """
-        sources = self.source_ids(sentences, first_line)
+        check_decoding(beam, nbest, batch_size, max_len_a, max_len_b, length_penalty)
+        sources = self.source_ids(_sentences(sentences, "sentences"), first_line)
         results: list[Translation] = [Translation("", 0.0, [("", 0.0)])] * len(sources)
         for idx in _length_batches(sources, batch_size):
             batch = [sources[i] for i in idx]
@@ -173,8 +175,10 @@ class Translator:
     def score(self, sources: Sequence[str], targets: Sequence[str],
               batch_size: int = 64) -> list[float]:
         """log p(T|S) of each (source, target) pair, target </s> included."""
+        sources, targets = _sentences(sources, "sources"), _sentences(targets, "targets")
+        _check_int("batch_size", batch_size, 1)
         if len(sources) != len(targets):
-            raise ValueError(f"{len(sources)} sources but {len(targets)} targets")
+            raise ArgumentError(f"{len(sources)} sources but {len(targets)} targets")
         src_ids, tgt_ids = self.source_ids(sources), self.target_ids(targets)
         scores = [0.0] * len(src_ids)
         for idx in _length_batches(src_ids, batch_size, skip_empty=False):
@@ -207,6 +211,44 @@ class Translator:
         if rows:
             out = np.stack([rows[i] for i in range(len(sources))])
         return out
+
+
+MAX_BEAM = 256  # wider beams cost time and memory without changing the best hypothesis
+MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
+
+
+def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
+                   max_len_a: float = 2.0, max_len_b: int = 10,
+                   length_penalty: float = 0.0) -> None:
+    """ArgumentError naming the first decoding argument outside its range."""
+    _check_int("beam", beam, 1, MAX_BEAM)
+    _check_int("nbest", nbest, 1, beam)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_len_b", max_len_b, 0)
+    for name, value, high in (("max_len_a", max_len_a, float("inf")),
+                              ("length_penalty", length_penalty, MAX_LENGTH_PENALTY)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not (0 <= value <= high and math.isfinite(value)):
+            bound = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
+            raise ArgumentError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        allowed = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ArgumentError(f"{name} must be an integer {allowed}, got {value!r}")
+
+
+def _sentences(value, name: str) -> Sequence[str]:
+    """`value` if it is a sequence of strings; one string is refused, not split into
+    characters."""
+    if isinstance(value, str | bytes):
+        raise ArgumentError(f"{name} must be a list of strings, not one string "
+                            f"(wrap it: [{value[:20]!r}])")
+    if not isinstance(value, Sequence) or not all(isinstance(x, str) for x in value):
+        raise ArgumentError(f"{name} must be a list of strings")
+    return value
 
 
 def _length_batches(sources: list[list[int]], batch_size: int,
