@@ -42,7 +42,7 @@ def test_overrides_are_typed():
     ("train: {precision: fp8}", "train.precision must be one of"),
     ("optim: {label_smoothing: 1.0}", r"optim.label_smoothing must be in [0.0, 1.0), got 1.0"),
     ("optim: {label_smoothing: -0.1}", "optim.label_smoothing must be in"),
-    ("optim: {label_smoothing: .nan}", "optim.label_smoothing must be in"),
+    ("optim: {label_smoothing: .nan}", "optim.label_smoothing must be a finite number"),
     ("train: {trim_every: -1}", "train.trim_every must be >= 0, got -1"),
     ("model: 3", "model must be a mapping"),
     ("[1, 2]", "expected a mapping"),
@@ -60,3 +60,50 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(None, ["lr=3"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=-0.01", "optim.lr must be > 0.0, got -0.01"),
+    ("optim.lr=0", "optim.lr must be > 0.0, got 0.0"),
+    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+    ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+    ("optim.epochs=0", "optim.epochs must be > 0.0, got 0.0"),
+    ("optim.clip_norm=-1", "optim.clip_norm must be >= 0.0"),
+    ("optim.decay_every=0", "optim.decay_every must be > 0.0"),
+    ("optim.decay_factor=1.5", "optim.decay_factor must be in (0.0, 1.0], got 1.5"),
+    ("optim.max_steps=0", "optim.max_steps must be >= 1, got 0"),
+    ("optim.label_smoothing=1", "optim.label_smoothing must be in [0.0, 1.0)"),
+    ("model.hidden_size=0", "model.hidden_size must be >= 1, got 0"),
+    ("model.embed_dim=0", "model.embed_dim must be >= 1"),
+    ("model.num_layers=0", "model.num_layers must be >= 1, got 0"),
+    ("model.dropout=2.0", "model.dropout must be in [0.0, 1.0), got 2.0"),
+    ("model.init_range=-0.1", "model.init_range must be >= 0.0"),
+    ("batching.batch_size=0", "batching.batch_size must be >= 1, got 0"),
+    ("batching.max_tokens=0", "batching.max_tokens must be >= 1"),
+    ("batching.pool_batches=0", "batching.pool_batches must be >= 1"),
+    ("train.valid_every=0", "train.valid_every must be >= 1, got 0"),
+    ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1"),
+    ("train.threads=0", "train.threads must be >= 1"),
+    ("train.loss_chunk=0", "train.loss_chunk must be >= 1, got 0"),
+    ("train.trim_every=-1", "train.trim_every must be >= 0"),
+])
+def test_every_numeric_key_has_a_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_floats_written_without_a_dot_are_floats(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; the config takes it as the number it is.
+    assert load_config(None, ["optim.lr=1e-3"]).optim.lr == 0.001
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 5E-4, clip_norm: 1e1}\n")
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.optim.clip_norm) == (0.0005, 10.0)
+    with pytest.raises(ConfigError, match="optim.lr must be float, got '1e-3x'"):
+        load_config(None, ["optim.lr=1e-3x"])
+
+
+def test_config_path_that_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a config file"):
+        load_config(tmp_path)

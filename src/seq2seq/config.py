@@ -13,6 +13,8 @@ allowed set raises `ConfigError` naming the key (`optim.lr`) and what was expect
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,57 +25,83 @@ import yaml
 
 from seq2seq.errors import ConfigError
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def at_least(low: float) -> dict:
+    """Field metadata: the value must be >= low."""
+    return {"range": (low, None, True)}
+
+
+def above(low: float, high: float | None = None) -> dict:
+    """Field metadata: the value must be > low (and <= high, if given)."""
+    return {"range": (low, high, False)}
+
+
+def fraction() -> dict:
+    """Field metadata: a probability-like value in [0, 1)."""
+    return {"range": (0.0, 1.0, True)}
+
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = 256
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.0
+    embed_dim: int = field(default=256, metadata=at_least(1))
+    hidden_size: int = field(default=512, metadata=at_least(1))
+    num_layers: int = field(default=2, metadata=at_least(1))
+    dropout: float = field(default=0.0, metadata=fraction())
     reverse_source: bool = True
-    init_range: float = 0.08
+    init_range: float = field(default=0.08, metadata=at_least(0.0))
     # The vocabulary sizes this preset expects `prepare` to produce. Training always takes
     # the sizes of the data directory it is given; these are used by `train --dry-run`
     # when no data directory is given.
-    src_vocab: int = 160_000
-    tgt_vocab: int = 80_000
+    src_vocab: int = field(default=160_000, metadata=at_least(1))
+    tgt_vocab: int = field(default=80_000, metadata=at_least(1))
 
 
 @dataclass
 class BatchingConfig:
-    batch_size: int = 128  # sentences per batch (the paper's 128); unused if max_tokens is set
-    max_tokens: int | None = None  # token budget per batch (source + target, padding included)
-    pool_batches: int = 100  # how many batches' worth of data are sorted by length together
+    # sentences per batch (the paper's 128); unused if max_tokens is set
+    batch_size: int = field(default=128, metadata=at_least(1))
+    # token budget per batch (source + target, padding included)
+    max_tokens: int | None = field(default=None, metadata=at_least(1))
+    # how many batches' worth of data are sorted by length together
+    pool_batches: int = field(default=100, metadata=at_least(1))
 
 
 @dataclass
 class OptimConfig:
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.7
-    clip_norm: float = 5.0  # rescale the gradient to this L2 norm when it is larger; 0 = off
-    epochs: float = 7.5
-    decay_start: float = 5.0  # epochs after which the lr starts decaying
-    decay_every: float = 0.5  # epochs between two decays
-    decay_factor: float = 0.5
-    max_steps: int | None = None  # stop after this many updates (overrides epochs)
+    lr: float = field(default=0.7, metadata=above(0.0))
+    # rescale the gradient to this L2 norm when it is larger; 0 = off
+    clip_norm: float = field(default=5.0, metadata=at_least(0.0))
+    epochs: float = field(default=7.5, metadata=above(0.0))
+    decay_start: float = field(default=5.0, metadata=at_least(0.0))  # epochs before decaying
+    decay_every: float = field(default=0.5, metadata=above(0.0))  # epochs between decays
+    decay_factor: float = field(default=0.5, metadata=above(0.0, 1.0))
+    # stop after this many updates (overrides epochs)
+    max_steps: int | None = field(default=None, metadata=at_least(1))
     # Train against (1 - eps) x onehot + eps / vocab instead of the onehot target (not in
     # the paper; 0 = off). Perplexities are still of the plain NLL.
-    label_smoothing: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
+    label_smoothing: float = field(default=0.0, metadata=fraction())
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 1
-    log_every: int = 100  # updates between two log lines
-    valid_every: int = 1000  # updates between two validations (and checkpoints)
-    checkpoint_every: int | None = None  # updates between checkpoints; default valid_every
+    seed: int = field(default=1, metadata=at_least(0))
+    log_every: int = field(default=100, metadata=at_least(1))  # updates between log lines
+    # updates between two validations (and checkpoints)
+    valid_every: int = field(default=1000, metadata=at_least(1))
+    # updates between checkpoints; default valid_every
+    checkpoint_every: int | None = field(default=None, metadata=at_least(1))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = None  # intra-op CPU threads; default: what torch picks
-    loss_chunk: int = 4096  # target positions per chunk of the output softmax
+    # intra-op CPU threads; default: what torch picks
+    threads: int | None = field(default=None, metadata=at_least(1))
+    # target positions per chunk of the output softmax
+    loss_chunk: int = field(default=4096, metadata=at_least(1))
     # updates between returns of freed CPU memory to the OS (glibc's malloc_trim); 0 =
     # never: about as fast, ~100 MB more (seq2seq.device.release_free_memory)
-    trim_every: int = field(default=100, metadata={"range": (0, None)})
+    trim_every: int = field(default=100, metadata=at_least(0))
 
 
 @dataclass
@@ -96,6 +124,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory, not a config file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: unreadable config file ({err})") from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as err:
@@ -147,12 +179,23 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
 
 
 def _check_range(value: Any, bounds: tuple | None, key: str, where: str) -> None:
-    """`bounds` (low, high): low <= value, and value < high (None: no bound)."""
-    if bounds is None or value is None:
+    """`bounds` (low, high, inclusive): low <= value (low < value if not inclusive), and
+    value < high (value <= high if not inclusive; None: no upper bound). Floats must be
+    finite."""
+    if value is None:
         return
-    low, high = bounds
-    if not (value >= low and (high is None or value < high)):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high})"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+    if bounds is None:
+        return
+    low, high, inclusive = bounds
+    ok_low = value >= low if inclusive else value > low
+    ok_high = high is None or (value < high if inclusive else value <= high)
+    if not (ok_low and ok_high):
+        if high is None:
+            allowed = f">= {low}" if inclusive else f"> {low}"
+        else:
+            allowed = f"in [{low}, {high})" if inclusive else f"in ({low}, {high}]"
         raise ConfigError(f"{where}: {key} must be {allowed}, got {value!r}")
 
 
@@ -173,6 +216,8 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{where}: {key} must be {hint.__name__}, got {value!r}")
     return value
