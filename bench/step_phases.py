@@ -48,7 +48,7 @@ def main() -> None:
         for i in range(args.warmup + args.steps):
             b = trainer._next_batch()
             marks = [time.perf_counter()]
-            with autocast(trainer.device, args.precision):
+            with autocast(trainer.device, trainer.precision):
                 state = model.encode(b.src, b.src_lens)
                 marks.append(time.perf_counter())
                 hidden, _ = model.decoder(b.tgt_in, state)

@@ -9,11 +9,16 @@ import torch
 
 from seq2seq.config import config_from_dict
 from seq2seq.data import prepare
+from seq2seq.device import cpu_has_bf16
 from seq2seq.train import Trainer
 from seq2seq.translator import Translator
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "tatoeba-en-fr"
+
+# bf16 numerics can only be checked where oneDNN has bf16 kernels (its LSTM has no other).
+needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(),
+                                reason="this CPU has no native bf16 (AVX-512 BF16 or AMX)")
 
 TINY_MODEL = {"embed_dim": 24, "hidden_size": 32, "num_layers": 2}
 

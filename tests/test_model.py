@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import needs_bf16
 from seq2seq.config import ModelConfig
 from seq2seq.data import Batch, DataDir, collate, source_batch, target_batch
 from seq2seq.model import Seq2Seq, chunked_loss, chunked_nll, count_parameters
@@ -201,6 +202,7 @@ def test_paper_model_has_384m_parameters():
     assert counts["encoder_lstm"] == counts["decoder_lstm"] == pytest.approx(32e6, rel=0.002)
 
 
+@needs_bf16
 @pytest.mark.parametrize("precision", [torch.bfloat16])
 def test_bf16_autocast_loss_close_to_fp32(precision):
     m = model()

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import needs_bf16, tiny_config
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import OptimConfig, TrainConfig, config_from_dict
-from seq2seq.errors import ConfigError
+from seq2seq.errors import ConfigError, TrainingStopped
 from seq2seq.train import Trainer, _clip_grad_norm, learning_rate
 
 
@@ -118,6 +118,7 @@ def test_rerunning_a_finished_run_changes_nothing_and_keeps_the_clock(data_dir, 
     assert valid[1]["elapsed_s"] <= before["elapsed"] + 0.1 < valid[2]["elapsed_s"]
 
 
+@needs_bf16
 def test_bf16_training_tracks_fp32(data_dir, tmp_path):
     ppl = {}
     for precision in ("fp32", "bf16"):
@@ -167,3 +168,77 @@ def test_trainer_keeps_freed_memory_and_trims_every_n_updates(data_dir, tmp_path
     trainer.train()
     assert seen == {"kept": 1, "trims": trims}
     assert TrainConfig().trim_every == 100  # the default: see seq2seq.device.release_free_memory
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_finishes_the_step_saves_and_exits_non_zero(data_dir, tmp_path, sig):
+    cfg = tiny_config(optim={"max_steps": 100_000},
+                      train={"log_every": 5, "valid_every": 100_000})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_run_command(cfg_path, data_dir, out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while _last_step(out) < 10 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig
+    step = load_checkpoint(out / "last.pt")["step"]
+    assert 10 <= step < 100_000
+    assert f"interrupted by {signal.Signals(sig).name} at step {step}: saved" in err
+    assert "Traceback" not in err
+    # The same command, with a budget, resumes from there.
+    resumed = tiny_config(optim={"max_steps": step + 3},
+                          train={"log_every": 5, "valid_every": 100_000})
+    Trainer(config_from_dict(resumed), data_dir, out, log=lambda _: None).train()
+    assert load_checkpoint(out / "last.pt")["step"] == step + 3
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints(data_dir, tmp_path):
+    good = tiny_config(optim={"max_steps": 4}, train={"valid_every": 4})
+    Trainer(config_from_dict(good), data_dir, tmp_path, log=lambda _: None).train()
+    before = {name: (tmp_path / name).read_bytes() for name in ("last.pt", "best.pt")}
+    diverging = tiny_config(optim={"max_steps": 40, "lr": 1e38}, train={"valid_every": 4})
+    trainer = Trainer(config_from_dict(diverging), data_dir, tmp_path, log=lambda _: None)
+    with pytest.raises(ConfigError, match=r"optim.lr=0.01, now 1e\+38"):
+        trainer.train()  # a resumed run keeps its lr: a new run directory
+    fresh = tmp_path / "fresh"
+    with pytest.raises(TrainingStopped, match=r"step \d+: .*not finite.*no checkpoint yet"):
+        Trainer(config_from_dict(diverging), data_dir, fresh, log=lambda _: None).train()
+    assert not (fresh / "best.pt").exists()
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    # On a run with checkpoints, the message points at the last good one.
+    later = tmp_path / "later"
+    Trainer(config_from_dict(good), data_dir, later, log=lambda _: None).train()
+    state = load_checkpoint(later / "last.pt")
+    next(iter(state["model"].values())).fill_(float("inf"))  # as if a step had overflowed
+    from seq2seq.checkpoint import save_checkpoint
+
+    save_checkpoint(state, later / "last.pt")
+    longer = tiny_config(optim={"max_steps": 8}, train={"valid_every": 4})
+    with pytest.raises(TrainingStopped, match=r"step 5: .*last.pt \(step 4\) is the last good"):
+        Trainer(config_from_dict(longer), data_dir, later, log=lambda _: None).train()
+
+
+def test_skipping_non_finite_batches_counts_them_and_trains_on(data_dir, tmp_path):
+    cfg = tiny_config(optim={"max_steps": 12}, train={"valid_every": 12, "log_every": 4,
+                                                      "nonfinite": "skip"})
+    messages = []
+    trainer = Trainer(config_from_dict(cfg), data_dir, tmp_path, log=messages.append)
+    forward, calls = trainer.net.forward, []
+
+    def poisoned(*args, **kwargs):  # the 5th batch's loss is NaN, as from an overflow
+        calls.append(1)
+        loss, nll = forward(*args, **kwargs)
+        return (loss * float("nan"), nll) if len(calls) == 5 else (loss, nll)
+
+    trainer.net.forward = poisoned
+    result = trainer.train()
+    assert trainer.skipped == 1 and trainer.pos.step == 12
+    assert [m for m in messages if "batch skipped" in m] == [
+        "warning: step 5: loss nan, gradient norm nan (not finite); batch skipped (1 so far)"]
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert result["valid_ppl"] < float("inf") and (tmp_path / "best.pt").exists()

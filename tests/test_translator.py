@@ -1,6 +1,8 @@
 import pytest
 
+from conftest import needs_bf16
 from seq2seq.data import DataDir
+from seq2seq.device import cpu_has_bf16
 from seq2seq.errors import ArgumentError, ConfigError
 from seq2seq.evaluate import bleu_chrf, perplexity, tokenized_bleu
 from seq2seq.translator import Translator
@@ -63,6 +65,7 @@ def test_tokenized_bleu_by_hand():
     assert score == pytest.approx(100 * (4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25, abs=1e-6)
 
 
+@needs_bf16
 def test_bf16_decoding_stays_close_to_fp32(trained_run, corpus):
     sources = corpus["valid_src"].read_text(encoding="utf-8").splitlines()[:40]
     targets = corpus["valid_tgt"].read_text(encoding="utf-8").splitlines()[:40]
@@ -131,3 +134,11 @@ def test_cli_gives_the_translator_s_message(capsys, trained_run):
     code = main(["translate", "--model", str(trained_run / "best.pt"), "--beam", "10000"])
     assert code == 2
     assert "beam must be an integer in 1..256, got 10000" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(cpu_has_bf16(), reason="this CPU runs bf16")
+def test_bf16_on_a_cpu_without_it_runs_fp32_with_a_warning(trained_run, capsys):
+    t = Translator.load(trained_run / "best.pt", device="cpu", precision="bf16")
+    assert t.precision == "fp32"
+    assert t.translate(["Tom is here."], beam=2)[0].text
+    assert "bf16 needs a CPU with AVX-512 BF16 or AMX" in capsys.readouterr().err

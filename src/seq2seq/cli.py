@@ -10,7 +10,7 @@ from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
-from seq2seq.errors import DataError, Seq2SeqError
+from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped
 
 EXAMPLES = {
     "prepare": "seq2seq prepare --train-src data/tatoeba-en-fr/train.en.gz "
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.run(args) or 0
+    except TrainingStopped as err:
+        print(f"seq2seq {args.verb}: {err}", file=sys.stderr)
+        return err.exit_code
     except Seq2SeqError as err:
         print(f"seq2seq {args.verb}: error: {err}", file=sys.stderr)
         return 2

@@ -102,6 +102,9 @@ class TrainConfig:
     # updates between returns of freed CPU memory to the OS (glibc's malloc_trim); 0 =
     # never: about as fast, ~100 MB more (seq2seq.device.release_free_memory)
     trim_every: int = field(default=100, metadata=at_least(0))
+    # a non-finite loss or gradient: stop the run (the last good checkpoints stay), or skip
+    # the batch (counted and warned)
+    nonfinite: Literal["stop", "skip"] = "stop"
 
 
 @dataclass

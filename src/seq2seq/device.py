@@ -57,12 +57,25 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def check_precision(precision: str, device: torch.device) -> str:
-    """`precision` if `device` can run it, else a ConfigError saying what can."""
+    """The precision to run: `precision` if `device` can run it; fp32 for bf16 on a CPU
+    without native bf16 (AVX-512 BF16 or AMX), whose oneDNN has no bf16 LSTM (callers warn
+    with NO_BF16); a ConfigError for what cannot run at all."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        return "fp32"
     return precision
+
+
+NO_BF16 = ("bf16 needs a CPU with AVX-512 BF16 or AMX, and this one has neither: running in "
+           "fp32 instead")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (oneDNN's bf16 kernels, the LSTM's among them)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -17,6 +17,15 @@ class CheckpointError(Seq2SeqError):
     """A checkpoint is missing, truncated, or not one of ours."""
 
 
+class TrainingStopped(Seq2SeqError):
+    """Training stopped before its end: interrupted (last.pt saved) or diverged (the last
+    good checkpoints kept). `exit_code` is what the CLI exits with."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ArgumentError(Seq2SeqError, ValueError):
     """An argument of a library call is outside its allowed range; the message names it."""
 

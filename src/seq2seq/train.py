@@ -33,7 +33,9 @@ from seq2seq.checkpoint import load_checkpoint, save_checkpoint
 from seq2seq.config import Config, OptimConfig, config_from_dict
 from seq2seq.data import Batch, DataDir, collate, make_batches
 from seq2seq.device import (
+    NO_BF16,
     autocast,
+    check_precision,
     configure,
     dist_backend,
     grad_scaler,
@@ -42,7 +44,7 @@ from seq2seq.device import (
     resolve_device,
     size_kernel_cache,
 )
-from seq2seq.errors import ConfigError, DataError
+from seq2seq.errors import ConfigError, DataError, TrainingStopped
 from seq2seq.model import Seq2Seq, count_parameters
 
 # Keys that may change between a run and its resumption (they do not change the result
@@ -50,6 +52,7 @@ from seq2seq.model import Seq2Seq, count_parameters
 RESUMABLE_CHANGES = {
     "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
     "train.checkpoint_every", "train.threads", "train.device", "train.trim_every",
+    "train.nonfinite",
 }
 
 
@@ -110,8 +113,13 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = _make_optimizer(self.model, cfg.optim)
-        self.scaler = grad_scaler(self.device, cfg.train.precision)
+        self.precision = check_precision(cfg.train.precision, self.device)
+        if self.precision != cfg.train.precision:
+            self.log(f"warning: {NO_BF16}")
+        self.scaler = grad_scaler(self.device, self.precision)
         self.pos = Position()
+        self.skipped = 0  # batches skipped for a non-finite loss (train.nonfinite=skip)
+        self._saved_step: int | None = None  # the step of the last last.pt written
         self.best_valid_ppl = float("inf")
         # Wall seconds of training so far, across resumptions (time lost to a kill after
         # the last checkpoint is not counted: it is the time of an uninterrupted run).
@@ -129,34 +137,62 @@ class Trainer:
                 stale.unlink()
         self._resume_or_start()
         self._clock = time.perf_counter()
-        cfg = self.cfg
         total = self._total_steps()
         bar = tqdm(total=total, initial=self.pos.step, disable=None if self.rank == 0 else True,
                    unit="step", dynamic_ncols=True, file=sys.stderr)
         window = _Window()
         last_valid: dict[str, Any] = {}
-        while not self._finished():
-            batch = self._next_batch()
-            stats = self.train_step(batch)
-            window.add(stats)
-            bar.update(1)
-            if self.pos.step % cfg.train.log_every == 0:
-                record = window.flush(self.pos, self._epoch())
-                record["elapsed_s"] = round(self.elapsed(), 1)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
-                                tok_s=f"{record['tgt_tok_s']:,.0f}")
-                self._write_metrics(record)
-                self.log(_format(record))
-            if self.pos.step % cfg.train.valid_every == 0:
-                last_valid = self._validate_and_save()
-            elif self.pos.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
-                self.save("last.pt")
+        with _StopSignals() as stop:
+            while not self._finished():
+                if self._stop_requested(stop.signum):
+                    bar.close()
+                    self._interrupted(stop.signum)
+                batch = self._next_batch()
+                stats = self.train_step(batch)
+                last_valid = self._after_step(stats, window, bar) or last_valid
         bar.close()
         if not last_valid:  # resumed a finished run: its last validation, if it was written
             last_valid = self._logged_validation(self.pos.step)
         if not last_valid or last_valid.get("step") != self.pos.step:
             last_valid = self._validate_and_save()
         return last_valid
+
+    def _after_step(self, stats: dict[str, float], window: _Window, bar) -> dict[str, Any]:
+        """Log, validate and checkpoint on their schedules; the validation, if one ran."""
+        cfg = self.cfg
+        last_valid: dict[str, Any] = {}
+        window.add(stats)
+        bar.update(1)
+        if self.pos.step % cfg.train.log_every == 0:
+            record = window.flush(self.pos, self._epoch())
+            record["elapsed_s"] = round(self.elapsed(), 1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
+                            tok_s=f"{record['tgt_tok_s']:,.0f}")
+            self._write_metrics(record)
+            self.log(_format(record))
+        if self.pos.step % cfg.train.valid_every == 0:
+            last_valid = self._validate_and_save()
+        elif self.pos.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
+            self.save("last.pt")
+        return last_valid
+
+    def _stop_requested(self, signum: int | None) -> bool:
+        """Whether any rank got SIGINT/SIGTERM (the ranks agree, so all stop together)."""
+        if self.world == 1:
+            return signum is not None
+        flag = torch.tensor([0 if signum is None else 1], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _interrupted(self, signum: int | None) -> None:
+        """Save where we are and stop; re-running the same command resumes from here."""
+        import signal
+
+        self.save("last.pt")
+        name = signal.Signals(signum).name if signum else "a signal on another rank"
+        raise TrainingStopped(
+            f"interrupted by {name} at step {self.pos.step}: saved {self.run_dir / 'last.pt'}; "
+            "run the same command again to resume", exit_code=128 + (signum or 15))
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One update on one global batch: forward, backward, clip, SGD/Adam step."""
@@ -169,7 +205,7 @@ class Trainer:
             local = local.pin_memory()
         local = local.to(self.device, non_blocking=True)
         self.model.train()
-        with autocast(self.device, cfg.train.precision):
+        with autocast(self.device, self.precision):
             loss, nll = self.net(local.src, local.src_lens, local.tgt_in, local.tgt_out,
                                  cfg.train.loss_chunk, cfg.optim.label_smoothing)
         # Mean over the *global* batch's sentences; DDP averages over ranks, so scale back.
@@ -180,6 +216,8 @@ class Trainer:
         grad_norm = float("nan")
         if cfg.optim.clip_norm > 0:
             grad_norm = _clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
+        if not self._finite(loss, grad_norm):
+            return self._nonfinite(loss, grad_norm, lr)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.pos.step += 1
@@ -194,6 +232,37 @@ class Trainer:
         return {"nll": float(nll), "tgt_tokens": tgt_tokens, "src_tokens": src_tokens,
                 "sentences": batch.size, "lr": lr, "grad_norm": grad_norm}
 
+    def _finite(self, loss: torch.Tensor, grad_norm: float) -> bool:
+        """Whether this update's loss and gradient norm are finite, on every rank. Under
+        fp16 the GradScaler skips overflowing steps itself, so nothing is checked."""
+        if self.precision == "fp16":
+            return True
+        ok = math.isfinite(float(loss.detach())) and \
+            (self.cfg.optim.clip_norm == 0 or math.isfinite(grad_norm))
+        if self.world > 1:  # the ranks must agree to skip or stop
+            flag = torch.tensor([int(ok)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item())
+        return ok
+
+    def _nonfinite(self, loss: torch.Tensor, grad_norm: float, lr: float) -> dict[str, float]:
+        """Stop the run (train.nonfinite=stop), or skip the batch without an update."""
+        what = (f"step {self.pos.step + 1}: loss {float(loss.detach())}, gradient norm "
+                f"{grad_norm} (not finite)")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.train.nonfinite == "stop":
+            saved = (f"{self.run_dir / 'last.pt'} (step {self._saved_step}) is the last good "
+                     "checkpoint" if self._saved_step is not None else "no checkpoint yet")
+            raise TrainingStopped(
+                f"{what}; stopped before updating the weights; {saved}. Lower optim.lr, or "
+                "set train.nonfinite=skip to skip such batches", exit_code=1)
+        self.skipped += 1
+        self.pos.step += 1
+        self.pos.batch += 1
+        self.log(f"warning: {what}; batch skipped ({self.skipped} so far)")
+        return {"nll": 0.0, "tgt_tokens": 0, "src_tokens": 0, "sentences": 0, "lr": lr,
+                "grad_norm": grad_norm}
+
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         """Perplexity of the validation split: exp(total NLL / target tokens incl. </s>)."""
@@ -201,7 +270,7 @@ class Trainer:
         total_nll, total_tokens = 0.0, 0
         for idx in self._valid_batches():
             batch = collate(self.valid_set, idx, self.model.reverse_source).to(self.device)
-            with autocast(self.device, self.cfg.train.precision):
+            with autocast(self.device, self.precision):
                 _, nll = self.model(batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out,
                                     self.cfg.train.loss_chunk)
             total_nll += float(nll)
@@ -286,6 +355,8 @@ class Trainer:
         state = self.checkpoint_state(training)  # on every rank: it gathers the RNG states
         if self.rank == 0:
             save_checkpoint(state, self.run_dir / name)
+        if training:
+            self._saved_step = self.pos.step
 
     def _rng_states(self) -> list[dict[str, Any]]:
         """The RNG states of all ranks, rank r's at index r (each draws its own dropout)."""
@@ -300,6 +371,10 @@ class Trainer:
     def _validate_and_save(self) -> dict[str, Any]:
         record = {"step": self.pos.step, "epoch": round(self._epoch(), 4), **self.validate(),
                   "peak_rss_mb": round(_peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
+        if not math.isfinite(record["valid_nll"]):
+            raise TrainingStopped(
+                f"step {self.pos.step}: validation loss {record['valid_nll']} (not finite); "
+                "nothing saved at this step. Lower optim.lr", exit_code=1)
         improved = record["valid_ppl"] < self.best_valid_ppl
         if improved:
             self.best_valid_ppl = record["valid_ppl"]
@@ -333,6 +408,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.pos = Position(**state["position"])
+        self._saved_step = self.pos.step
         self.best_valid_ppl = state["best_valid_ppl"]
         self._seconds_before = float(state.get("elapsed", 0.0))  # absent before 2026-12
         rng = state["rng"][self.rank % len(state["rng"])]  # more ranks than saved: reuse
@@ -424,6 +500,37 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, path)
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM, while the block runs, only note the signal (`signum`): the loop
+    finishes its step, saves and stops. A second signal acts as usual (Ctrl-C twice quits
+    at once). Outside the main thread, signals cannot be caught; nothing changes."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, _frame) -> None:
+        import signal
+
+        self.signum = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *_) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _Window:

@@ -21,6 +21,7 @@ from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import config_from_dict
 from seq2seq.data import source_batch
 from seq2seq.device import (
+    NO_BF16,
     autocast,
     check_precision,
     compute_dtype,
@@ -76,6 +77,8 @@ class Translator:
     ):
         self.ensemble = Ensemble(models)
         self.precision = check_precision(precision, self.ensemble.device)
+        if self.precision != precision:
+            warn(NO_BF16)
         for model in models:  # cast once here, not at every decoding step under autocast
             model.to(compute_dtype(precision))
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
