@@ -1,6 +1,7 @@
 """The experiments' scripts, end to end at a tiny budget (the full runs are documented)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ def test_paper_quick_runs_every_task_and_writes_a_portable_report(tmp_path):
                     "Beam size and ensembles", "Rescoring", "word rarity", "Figure 2",
                     "synthetic task", "Commands and wall times"):
         assert heading in text
-    assert str(ROOT) not in text and str(tmp_path) not in text  # no path of one machine
+    # No path of one machine: every path is relative (../../tmp/... for this test's).
+    assert not re.findall(r"(?<![.\w])/(?:tmp|work|root|home)/", text)
     for name in ("curves", "length", "rarity", "pca", "synthetic"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
         assert (tmp_path / "figures" / f"{name}.svg").exists()
