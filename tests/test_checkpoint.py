@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 import torch
 
@@ -59,3 +61,53 @@ def test_ensemble_needs_same_vocabularies(trained_run, tmp_path):
     save_checkpoint(state, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="tgt vocab differs"):
         Translator.load([trained_run / "best.pt", tmp_path / "other.pt"], device="cpu")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (root only; skipped elsewhere), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_keeps_the_old_checkpoint(small_disk):
+    small = {"config": {}, "model": {"w": torch.zeros(1000)}, "src_vocab": [], "tgt_vocab": [],
+             "tokenizer": {}, "max_len": 10}
+    save_checkpoint(small, small_disk / "last.pt")
+    before = (small_disk / "last.pt").read_bytes()
+    big = {**small, "model": {"w": torch.zeros(1_000_000)}}  # 4 MB: does not fit
+    with pytest.raises(CheckpointError, match="no space left on the device"):
+        save_checkpoint(big, small_disk / "last.pt")
+    assert (small_disk / "last.pt").read_bytes() == before
+    assert [p.name for p in small_disk.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_translate_output_on_a_full_disk_keeps_the_old_file(small_disk):
+    from seq2seq.errors import DataError
+    from seq2seq.text import atomic_output
+
+    out = small_disk / "out.txt"
+    out.write_text("old\n")
+    with pytest.raises(DataError, match="no space left on the device; nothing was replaced"):
+        with atomic_output(out) as f:
+            for _ in range(100):
+                f.write("x" * 100_000)
+    assert out.read_text() == "old\n"
+    assert [p.name for p in small_disk.iterdir()] == ["out.txt"]
+
+
+def test_garbage_sentencepiece_model_in_a_checkpoint(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "best.pt")
+    state["tokenizer"]["src"] = {"kind": "sentencepiece", "lang": "en", "lowercase": False,
+                                 "sp_model": b"not a model"}
+    save_checkpoint(state, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="crafted.pt: its tokenizer settings are damaged"):
+        Translator.load(tmp_path / "crafted.pt", device="cpu")

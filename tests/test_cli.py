@@ -193,3 +193,8 @@ def test_translate_output_into_a_missing_folder_or_a_folder(capsys, tmp_path, tr
     code, _, err = run(capsys, "translate", "--model", trained_run / "best.pt", "--input",
                        tmp_path / "in.en", "--output", tmp_path / where)
     one_line_error(code, err, message)
+
+
+def test_serve_port_out_of_range(capsys, trained_run):
+    code, _, err = run(capsys, "serve", "--model", trained_run / "best.pt", "--port", 99999)
+    one_line_error(code, err, "--port must be in 1..65535, got 99999")

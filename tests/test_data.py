@@ -189,3 +189,12 @@ def test_source_and_target_batches():
     assert src.tolist() == [[PAD_ID, PAD_ID], [5, 4]] and lens.tolist() == [1, 2]
     tgt_in, tgt_out = target_batch([[]])
     assert tgt_in.tolist() == [[BOS_ID]] and tgt_out.tolist() == [[EOS_ID]]
+
+
+def test_sentencepiece_vocab_smaller_than_the_alphabet(tmp_path):
+    (tmp_path / "x.en").write_text("abcdefghij klmnop\nqrstuvwxyz\n" * 20)
+    with pytest.raises(DataError, match="SentencePiece could not train a 5-piece vocabulary"):
+        prepare(tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en",
+                tmp_path / "out", tokenizer="sentencepiece", src_vocab=5, tgt_vocab=5,
+                log=lambda _: None)
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,9 @@ Training checkpoints (`last.pt`) also carry the optimizer, schedule, RNG and dat
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as a RuntimeError from its zip writer
+        if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EDQUOT) or \
+                isinstance(err, RuntimeError) and not _disk_full(path):
+            raise
+        raise CheckpointError(f"{path}: no space left on the device; the checkpoint was not "
+                              "written (an earlier one there is intact)") from None
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -41,6 +50,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the filesystem of `path` has (next to) no space left."""
+    try:
+        return shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

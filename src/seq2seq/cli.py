@@ -319,6 +319,8 @@ def cmd_serve(args) -> None:
 
     _check_positive(args, "port", "max_batch_sentences", "max_body_bytes", "max_sentences",
                     "max_chars")
+    if not 1 <= args.port <= 65535:
+        raise Seq2SeqError(f"--port must be in 1..65535, got {args.port}")
     if args.batch_wait_ms < 0:
         raise Seq2SeqError(f"--batch-wait-ms must be at least 0, got {args.batch_wait_ms}")
     limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars)

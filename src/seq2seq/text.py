@@ -60,7 +60,10 @@ class Tokenizer:
         elif kind == "sentencepiece":
             import sentencepiece as spm
 
-            self._sp = spm.SentencePieceProcessor(model_proto=sp_model)
+            try:
+                self._sp = spm.SentencePieceProcessor(model_proto=sp_model)
+            except (RuntimeError, TypeError) as err:
+                raise DataError(f"not a SentencePiece model ({str(err)[:120]})") from None
 
     def tokenize(self, line: str) -> list[str]:
         line = normalize(line)
@@ -97,12 +100,17 @@ def train_sentencepiece(lines: Iterator[str], vocab_size: int, lowercase: bool) 
 
     stream = ((normalize(s).lower() if lowercase else normalize(s)) for s in lines)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=stream, model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0, input_sentence_size=2_000_000,
-        shuffle_input_sentence=True, hard_vocab_limit=False,
-        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=stream, model_writer=model, vocab_size=vocab_size,
+            model_type="unigram", character_coverage=1.0, input_sentence_size=2_000_000,
+            shuffle_input_sentence=True, hard_vocab_limit=False,
+            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, minloglevel=2,
+        )
+    except RuntimeError as err:  # e.g. a vocabulary smaller than the corpus's alphabet
+        message = str(err).strip().splitlines()[-1][:200]
+        raise DataError(f"SentencePiece could not train a {vocab_size:,}-piece vocabulary: "
+                        f"{message} (try another --src-vocab/--tgt-vocab)") from None
     return model.getvalue()
 
 

@@ -29,7 +29,7 @@ from seq2seq.device import (
     resolve_device,
     size_kernel_cache,
 )
-from seq2seq.errors import ArgumentError, CheckpointError, warn
+from seq2seq.errors import ArgumentError, CheckpointError, DataError, warn
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Ensemble, Hypothesis, beam_search, greedy_search
 from seq2seq.text import Tokenizer
@@ -108,10 +108,14 @@ class Translator:
                         f"{p}: its {key.replace('_', ' ')} differs from {paths[0]}'s; an "
                         "ensemble needs models trained on the same prepared data"
                     )
+        try:
+            tokenizers = [Tokenizer.from_dict(first["tokenizer"][side]) for side in ("src", "tgt")]
+        except (DataError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{paths[0]}: its tokenizer settings are damaged: {err}"
+                                  ) from None
         return cls(
             [m for m, _ in loaded], Vocabulary(first["src_vocab"]),
-            Vocabulary(first["tgt_vocab"]), Tokenizer.from_dict(first["tokenizer"]["src"]),
-            Tokenizer.from_dict(first["tokenizer"]["tgt"]),
+            Vocabulary(first["tgt_vocab"]), *tokenizers,
             min(state["max_len"] for _, state in loaded), precision,
         )
 
