@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from seq2seq.serve import Batching, Limits, create_app, running
+from seq2seq.serve import Batching, Guard, Limits, create_app, running
 from seq2seq.translator import Translator
 
 SENTENCES = ["Tom is here.", "I like cats very much.", "Where is the station?", "Go!",
@@ -228,3 +230,81 @@ def test_non_finite_numbers_are_422_naming_the_field(client, raw, field):
                            headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert [e["loc"][-1] for e in response.json()["detail"]] == [field]
+
+
+def _guarded_server(trained_run, **guard):
+    translator = Translator.load(trained_run / "best.pt", device="cpu")
+    return running(create_app(translator, LIMITS, Batching(wait_ms=5, max_sentences=32),
+                              guard=Guard(**guard)))
+
+
+def _partial_head(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: appl")  # never ends
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slow_headers_do_not_starve_normal_clients(trained_run, translator):
+    """300 connections that never finish their headers, 32 normal clients beside them:
+    /health stays fast, every normal request gets its answer, the slow ones are closed."""
+    with _guarded_server(trained_run, header_timeout_s=1.5, max_connections=1000) as url:
+        slow = [_partial_head(url) for _ in range(300)]
+        expected = {s: t.text for s, t in zip(SENTENCES, translator.translate(SENTENCES,
+                                                                              beam=2))}
+        with httpx.Client(base_url=url, timeout=30) as c:
+            def one(i: int) -> bool:
+                s = SENTENCES[i % len(SENTENCES)]
+                r = c.post("/translate", json={"sentences": [s], "beam": 2})
+                return r.status_code == 200 and r.json()["translations"][0]["text"] == expected[s]
+
+            with ThreadPoolExecutor(32) as pool:
+                answers = pool.map(one, range(96))
+                for _ in range(5):
+                    start = time.monotonic()
+                    assert c.get("/health").status_code == 200
+                    assert time.monotonic() - start < 1.0
+                assert all(answers)
+        assert all(_closed_by_server(sock, within=5.0) for sock in slow)
+        for sock in slow:
+            sock.close()
+
+
+def test_connections_beyond_the_cap_are_closed_on_arrival(trained_run):
+    with _guarded_server(trained_run, max_connections=10, header_timeout_s=30) as url:
+        held = [_partial_head(url) for _ in range(15)]
+        closed = [_closed_by_server(sock, within=0.5) for sock in held]
+        assert closed.count(True) >= 5 and closed.count(False) >= 9
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_a_request_over_the_cost_bound_is_422_naming_the_limit(trained_run):
+    with _guarded_server(trained_run, max_cost=500) as url:
+        ok = httpx.post(f"{url}/translate", json={"sentences": ["Go!"], "beam": 2}, timeout=30)
+        assert ok.status_code == 200
+        r = httpx.post(f"{url}/translate", json={"sentences": SENTENCES[:8], "beam": 12},
+                       timeout=30)
+        assert r.status_code == 422
+        assert "over the limit of 500" in error_text(r) and "--max-cost" in error_text(r)
+
+
+def test_a_full_queue_is_503_with_retry_after(trained_run):
+    with _guarded_server(trained_run, max_queued_sentences=2) as url:
+        r = httpx.post(f"{url}/translate", json={"sentences": SENTENCES[:3]}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "queue is full" in r.text
+        assert httpx.post(f"{url}/translate", json={"sentences": SENTENCES[:2], "beam": 2},
+                          timeout=30).status_code == 200

@@ -170,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences per request (default 256)")
     p.add_argument("--max-chars", type=int, default=1000, metavar="N",
                    help="characters per sentence (default 1000)")
+    p.add_argument("--max-cost", type=int, default=1_000_000, metavar="N",
+                   help="beam x (2 x source tokens + 10) summed over a request's sentences "
+                        "(default 1000000)")
+    p.add_argument("--max-queue", type=int, default=2048, metavar="N",
+                   help="sentences waiting to be translated; beyond, 503 (default 2048)")
+    p.add_argument("--max-connections", type=int, default=512, metavar="N",
+                   help="connections open at once; more are closed (default 512)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds a connection may take to send a request head, also when "
+                        "idle between requests (default 10)")
     return parser
 
 
@@ -315,10 +325,13 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    from seq2seq.serve import Batching, Limits, serve
+    from seq2seq.serve import Batching, Guard, Limits, serve
 
     _check_positive(args, "port", "max_batch_sentences", "max_body_bytes", "max_sentences",
-                    "max_chars")
+                    "max_chars", "max_cost", "max_queue", "max_connections")
+    if not 0 < args.header_timeout < float("inf"):
+        raise Seq2SeqError(f"--header-timeout must be a positive number, got "
+                           f"{args.header_timeout}")
     if not 1 <= args.port <= 65535:
         raise Seq2SeqError(f"--port must be in 1..65535, got {args.port}")
     if args.batch_wait_ms < 0:
@@ -326,8 +339,10 @@ def cmd_serve(args) -> None:
     limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars)
     batching = (Batching.off() if args.no_batching
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
+    guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
+                  max_queued_sentences=args.max_queue, max_cost=args.max_cost)
     serve(args.model, host=args.host, port=args.port, device=args.device,
-          precision=args.precision, limits=limits, batching=batching)
+          precision=args.precision, limits=limits, batching=batching, guard=guard)
 
 
 def cmd_rescore(args) -> None:

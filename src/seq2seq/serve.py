@@ -15,6 +15,7 @@ loop, one forward at a time; an error in a batch fails only the requests in that
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import socket
@@ -47,6 +48,20 @@ class Limits:
     max_body_bytes: int = 1_000_000
     max_sentences: int = 256  # per request
     max_chars: int = 1000  # per sentence
+
+
+@dataclass
+class Guard:
+    """What keeps one client from starving the others: connection and time limits, a
+    bounded queue, and a bound on the work one request may ask for."""
+
+    max_connections: int = 512  # open at once; more are closed on arrival
+    header_timeout_s: float = 10.0  # to send a request's headers (also idle keep-alive)
+    body_timeout_s: float = 30.0  # between two chunks of a request body
+    max_queued_sentences: int = 2048  # waiting to be translated; beyond: 503, Retry-After
+    # beam x output length budget (2 x source tokens + 10), summed over a request's
+    # sentences: about the decoder steps x hypotheses one request may cost
+    max_cost: int = 1_000_000
 
 
 @dataclass
@@ -124,6 +139,10 @@ class _Pending:
     future: asyncio.Future = field(repr=False)
 
 
+class QueueFull(Exception):
+    """The batcher holds `Guard.max_queued_sentences` already."""
+
+
 class Batcher:
     """Collects translate requests and runs them through the model in shared batches.
 
@@ -132,9 +151,11 @@ class Batcher:
     at a time and the event loop stays free to accept requests.
     """
 
-    def __init__(self, translator: Translator, batching: Batching):
+    def __init__(self, translator: Translator, batching: Batching,
+                 max_queued_sentences: int = Guard.max_queued_sentences):
         self.translator = translator
         self.batching = batching
+        self.max_queued_sentences = max_queued_sentences
         self.requests = 0
         self.batches = 0
         self._pending: deque[_Pending] = deque()
@@ -153,7 +174,10 @@ class Batcher:
 
     async def translate(self, sentences: list[str], beam: int, nbest: int,
                         length_penalty: float = 0.0) -> list[Translation]:
-        """Queue the sentences; their translations once their batch has been decoded."""
+        """Queue the sentences; their translations once their batch has been decoded.
+        QueueFull if that would queue more than `max_queued_sentences`."""
+        if self._queued_sentences() + len(sentences) > self.max_queued_sentences:
+            raise QueueFull
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(sentences, beam, nbest, length_penalty, future))
         self._arrived.set()
@@ -250,8 +274,9 @@ class BodyLimit:
     Checks Content-Length up front and counts streamed (chunked) bodies as they arrive.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int,
+                 body_timeout_s: float = Guard.body_timeout_s):
+        self.app, self.max_bytes, self.body_timeout_s = app, max_bytes, body_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -263,7 +288,11 @@ class BodyLimit:
 
         async def counted() -> dict:
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"request body not received within "
+                                         f"{self.body_timeout_s:g} s") from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise HTTPException(413, self.message)
@@ -305,11 +334,12 @@ def check_sentences(sentences: list[str], field_name: str, limits: Limits) -> No
 
 
 def create_app(translator: Translator, limits: Limits | None = None,
-               batching: Batching | None = None, model_names: list[str] | None = None
-               ) -> FastAPI:
-    """The FastAPI application around a loaded `Translator` (run it with uvicorn)."""
-    limits, batching = limits or Limits(), batching or Batching()
-    batcher = Batcher(translator, batching)
+               batching: Batching | None = None, model_names: list[str] | None = None,
+               guard: Guard | None = None) -> FastAPI:
+    """The FastAPI application around a loaded `Translator` (run it with `uvicorn_config`
+    for the connection limits of `guard`)."""
+    limits, batching, guard = limits or Limits(), batching or Batching(), guard or Guard()
+    batcher = Batcher(translator, batching, guard.max_queued_sentences)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -320,14 +350,17 @@ def create_app(translator: Translator, limits: Limits | None = None,
     # No /docs or /redoc: FastAPI's pages load scripts from a CDN; we serve everything.
     app = FastAPI(title="seq2seq", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Deep-LSTM translation (Sutskever et al., 2014).")
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
+                       body_timeout_s=guard.body_timeout_s)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
-    _add_routes(app, batcher, limits, model_names or [])
+    _add_routes(app, batcher, limits, guard, model_names or [])
+    app.state.guard = guard
     return app
 
 
-def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, model_names: list[str]) -> None:
+def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
+                model_names: list[str]) -> None:
     translator = batcher.translator
 
     @app.post("/translate", response_model=TranslateResponse)
@@ -336,8 +369,19 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, model_names: lis
         if req.nbest > req.beam:
             raise _refuse("nbest", f"nbest ({req.nbest}) must not exceed beam ({req.beam})",
                           "nbest_over_beam")
-        results = await batcher.translate(req.sentences, req.beam, req.nbest,
-                                          req.length_penalty)
+        cost = req.beam * sum(2 * len(translator.src_tokenizer.tokenize(s)) + 10
+                              for s in req.sentences)
+        if cost > guard.max_cost:
+            raise _refuse("sentences", f"request cost {cost:,} is over the limit of "
+                          f"{guard.max_cost:,} (beam x (2 x source tokens + 10), summed over "
+                          "the sentences; --max-cost): send fewer sentences or a smaller beam",
+                          "too_costly")
+        try:
+            results = await batcher.translate(req.sentences, req.beam, req.nbest,
+                                              req.length_penalty)
+        except QueueFull:
+            raise HTTPException(503, "the translation queue is full; retry shortly",
+                                headers={"Retry-After": "1"}) from None
         return TranslateResponse(translations=[_translation_out(r) for r in results])
 
     @app.post("/score", response_model=ScoreResponse)
@@ -394,13 +438,79 @@ async def _internal_error(_: Request, err: Exception) -> JSONResponse:
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           precision: str = "fp32", limits: Limits | None = None,
-          batching: Batching | None = None) -> None:
+          batching: Batching | None = None, guard: Guard | None = None) -> None:
     """Load the checkpoints (several = an ensemble) and serve them until interrupted."""
     import uvicorn
 
     translator = Translator.load(models, device=device, precision=precision)
-    app = create_app(translator, limits, batching, model_names=[str(m) for m in models])
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = create_app(translator, limits, batching, [str(m) for m in models], guard)
+    uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="info")).run()
+
+
+def uvicorn_config(app: FastAPI, **kwargs):
+    """uvicorn's config for `app`, with the connection guard of `app.state.guard`."""
+    import uvicorn
+
+    guard = app.state.guard
+    protocol = type("GuardedProtocol", (_guarded_protocol(),),
+                    {"max_connections": guard.max_connections,
+                     "header_timeout_s": guard.header_timeout_s})
+    return uvicorn.Config(app, http=protocol, timeout_keep_alive=guard.header_timeout_s,
+                          **kwargs)
+
+
+@functools.cache
+def _guarded_protocol():
+    """uvicorn's h11 protocol, plus: connections beyond `max_connections` are closed on
+    arrival, and one that has not sent a whole request head within `header_timeout_s` of
+    connecting (or of its last response) is closed (slow or partial headers)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Guarded(H11Protocol):
+        max_connections = Guard.max_connections
+        header_timeout_s = Guard.header_timeout_s
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            if len(self.connections) >= self.max_connections:
+                transport.close()
+                self.transport = None
+                return
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self.transport is None:  # refused on arrival
+                return
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:  # the head arrived
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(self.header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _too_slow(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return Guarded
 
 
 @contextmanager
@@ -415,7 +525,7 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
