@@ -308,3 +308,23 @@ def test_a_full_queue_is_503_with_retry_after(trained_run):
         assert "queue is full" in r.text
         assert httpx.post(f"{url}/translate", json={"sentences": SENTENCES[:2], "beam": 2},
                           timeout=30).status_code == 200
+
+
+def test_an_abandoned_request_stops_costing_model_calls(trained_run):
+    translator = Translator.load(trained_run / "best.pt", device="cpu")
+    app = create_app(translator, Limits(max_sentences=256, max_chars=1000),
+                     Batching(wait_ms=5, max_sentences=256), guard=Guard())
+    long = " ".join(["We have to talk about what happened yesterday."] * 12)
+    with running(app) as url:
+        with pytest.raises(httpx.TimeoutException):  # the client gives up and leaves
+            httpx.post(f"{url}/translate", json={"sentences": [long] * 256, "beam": 16},
+                       timeout=1.0)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/health").json()["abandoned"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/translate", json={"sentences": ["Go!"], "beam": 2}, timeout=60)
+        assert r.status_code == 200
+        health = httpx.get(f"{url}/health").json()
+        # 256 sentences need 4 model calls of 64; the abandoned request stopped early.
+        assert health["model_calls"] - 1 < 4 and health["abandoned"] == 1

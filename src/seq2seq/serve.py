@@ -31,14 +31,15 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from seq2seq.translator import Translation, Translator
 
 MAX_BEAM = 64
 MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
-DECODE_BATCH = 64  # sentences per beam-search batch inside one translate call
+DECODE_BATCH = 64  # sentences per model call; abandoned requests are dropped between calls
+DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is there
 
 
 @dataclass
@@ -125,6 +126,8 @@ class Health(BaseModel):
     batching: bool
     requests: int = Field(description="translate requests answered so far")
     batches: int = Field(description="translate calls made to the model for them")
+    model_calls: int = Field(description="model calls (batches of up to 64 sentences)")
+    abandoned: int = Field(description="requests whose client left before the answer")
 
 
 # ---------------------------------------------------------------------------- batching
@@ -143,6 +146,10 @@ class QueueFull(Exception):
     """The batcher holds `Guard.max_queued_sentences` already."""
 
 
+class ClientGone(Exception):
+    """The client disconnected before its translations were ready."""
+
+
 class Batcher:
     """Collects translate requests and runs them through the model in shared batches.
 
@@ -158,6 +165,8 @@ class Batcher:
         self.max_queued_sentences = max_queued_sentences
         self.requests = 0
         self.batches = 0
+        self.abandoned = 0  # requests whose client left before their answer
+        self.model_calls = 0
         self._pending: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seq2seq-model")
@@ -173,14 +182,24 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def translate(self, sentences: list[str], beam: int, nbest: int,
-                        length_penalty: float = 0.0) -> list[Translation]:
+                        length_penalty: float = 0.0,
+                        gone: Callable[[], Awaitable[bool]] | None = None
+                        ) -> list[Translation]:
         """Queue the sentences; their translations once their batch has been decoded.
-        QueueFull if that would queue more than `max_queued_sentences`."""
+        QueueFull if that would queue more than `max_queued_sentences`. `gone` (the
+        request's `is_disconnected`) is polled while waiting: a client that left has its
+        sentences dropped, not decoded (ClientGone)."""
         if self._queued_sentences() + len(sentences) > self.max_queued_sentences:
             raise QueueFull
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(sentences, beam, nbest, length_penalty, future))
         self._arrived.set()
+        while gone is not None and not future.done():
+            await asyncio.wait({future}, timeout=DISCONNECT_POLL_S)
+            if not future.done() and await gone():
+                future.cancel()
+                self.abandoned += 1
+                raise ClientGone
         return await future
 
     async def run_model(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -216,10 +235,13 @@ class Batcher:
         return self._take()
 
     def _queued_sentences(self) -> int:
-        return sum(len(p.sentences) for p in self._pending)
+        return sum(len(p.sentences) for p in self._pending if not p.future.done())
 
     def _take(self) -> list[_Pending]:
-        """Pending requests, oldest first, up to max_sentences (always at least one)."""
+        """Pending requests, oldest first, up to max_sentences (always at least one);
+        those whose client left are dropped."""
+        while len(self._pending) > 1 and self._pending[0].future.done():
+            self._pending.popleft()
         batch = [self._pending.popleft()]
         size = len(batch[0].sentences)
         while self._pending:
@@ -231,11 +253,23 @@ class Batcher:
 
     async def _decode(self, items: list[_Pending], beam: int, nbest: int,
                       length_penalty: float) -> None:
-        """One translate call for all `items`; results (or the error) go to each future."""
-        sentences = [s for item in items for s in item.sentences]
+        """Translate all `items` together, DECODE_BATCH sentences per model call; results
+        (or the error) go to each future. Between calls, items whose client left are
+        dropped, so an abandoned large request stops costing the others."""
+        results: list[Translation] = []
         try:
-            results = await self.run_model(self._translate, sentences, beam, nbest,
-                                           length_penalty)
+            while len(results) < sum(len(item.sentences) for item in items):
+                live = [item for item in items if not item.future.done()]
+                if not live:
+                    return
+                if len(live) < len(items):  # drop the gone ones, keep what is decoded
+                    results = _keep(items, live, results)
+                    items = live
+                sentences = [s for item in items for s in item.sentences]
+                chunk = sentences[len(results):len(results) + DECODE_BATCH]
+                results += await self.run_model(self._translate, chunk, beam, nbest,
+                                                length_penalty)
+                self.model_calls += 1
         except Exception as err:  # the worker must outlive any one failing batch
             for item in items:
                 _resolve(item.future, error=err)
@@ -253,6 +287,17 @@ class Batcher:
         return self.translator.translate(sentences, beam=beam, nbest=nbest,
                                          batch_size=DECODE_BATCH,
                                          length_penalty=length_penalty)
+
+
+def _keep(items: list[_Pending], live: list[_Pending], results: list) -> list:
+    """The decoded `results` of `items` that belong to the `live` ones, in order."""
+    kept, start = [], 0
+    for item in items:
+        part = results[start:start + len(item.sentences)]
+        start += len(item.sentences)
+        if item in live:
+            kept += part
+    return kept
 
 
 def _resolve(future: asyncio.Future, result: Any = None,
@@ -364,7 +409,7 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
     translator = batcher.translator
 
     @app.post("/translate", response_model=TranslateResponse)
-    async def translate(req: TranslateRequest) -> TranslateResponse:
+    async def translate(req: TranslateRequest, request: Request) -> TranslateResponse:
         check_sentences(req.sentences, "sentences", limits)
         if req.nbest > req.beam:
             raise _refuse("nbest", f"nbest ({req.nbest}) must not exceed beam ({req.beam})",
@@ -378,7 +423,9 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
                           "too_costly")
         try:
             results = await batcher.translate(req.sentences, req.beam, req.nbest,
-                                              req.length_penalty)
+                                              req.length_penalty, request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)  # nobody is there to read it
         except QueueFull:
             raise HTTPException(503, "the translation queue is full; retry shortly",
                                 headers={"Retry-After": "1"}) from None
@@ -398,7 +445,8 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
     async def health() -> Health:
         return Health(status="ok", models=model_names, device=str(translator.ensemble.device),
                       batching=batcher.batching.max_sentences > 1,
-                      requests=batcher.requests, batches=batcher.batches)
+                      requests=batcher.requests, batches=batcher.batches,
+                      model_calls=batcher.model_calls, abandoned=batcher.abandoned)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
