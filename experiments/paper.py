@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
 
     command = " ".join(["python experiments/paper.py", *(["--quick"] if args.quick else []),
                         *(f"--{k} {shlex.quote(rel(v))}" for k, v in paths.items())])
-    write_report(p, settings, plan(settings), args.out, args.figures, command)
+    write_report(p, settings, plan(settings), args.out, args.figures, command,
+                 None if args.quick else ROOT / "experiments" / "discussion.md")
     print(f"wrote {args.out}")
 
 

@@ -104,7 +104,10 @@ def bucket_table(models: dict[str, list[dict]], key: str, what: str) -> list[str
     return lines
 
 
-def write_report(p, s, tasks, out: Path, figures: Path, command: str) -> None:
+def write_report(p, s, tasks, out: Path, figures: Path, command: str,
+                 discussion: Path | None = None) -> None:
+    """RESULTS.md (and .json) from the tasks' JSON; `discussion`, a hand-written reading of
+    the measured numbers, goes in after the setup."""
     from seq2seq.analysis import plot_pca
 
     r = load(p, tasks)
@@ -148,6 +151,9 @@ def write_report(p, s, tasks, out: Path, figures: Path, command: str) -> None:
             "4 x 1000 model trained 10 days on 8 GPUs: compare directions and sizes of "
             "effects, not values.", "",
         ]
+    if discussion is not None and discussion.exists():
+        lines += ["## Reading the results", "", discussion.read_text(encoding="utf-8").strip(),
+                  ""]
     if models["forward"] and models["reversed"]:
         lines += reversal_section(train, models, figures)
     if train:
