@@ -155,7 +155,12 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     section = raw.setdefault(parts[0], {})
     if not isinstance(section, dict):
         raise ConfigError(f"override {item!r}: {parts[0]} is not a section")
-    section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})"
+                          ) from None
 
 
 def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
