@@ -149,7 +149,7 @@ def plot(results: dict, out: Path) -> list[Path]:
 
 
 FULL = {"train": 20_000, "valid": 1_000, "test": 2_000, "min_len": 5, "max_len": 60,
-        "vocab": 40, "steps": 1500, "batch_size": 64, "lr": 0.003, "valid_every": 250,
+        "vocab": 40, "steps": 1000, "batch_size": 64, "lr": 0.003, "valid_every": 250,
         "model": {"embed_dim": 64, "hidden_size": 128, "num_layers": 2}}
 QUICK = {"train": 4_000, "valid": 400, "test": 400, "min_len": 5, "max_len": 24,
          "vocab": 12, "steps": 600, "batch_size": 32, "lr": 0.005, "valid_every": 200,
