@@ -50,7 +50,7 @@ class Settings:
     """What a run of the experiment is; stored with every result, which is redone if it
     was made with other settings."""
 
-    train_pairs: int = 40_000
+    train_pairs: int = 72_000
     test_sentences: int = 3_000
     vocab: int = 8_000
     max_len: int = 80

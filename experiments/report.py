@@ -141,7 +141,7 @@ def write_report(p, s, tasks, out: Path, figures: Path, command: str,
             f"{s.max_len} pieces. Test: the first {s.test_sentences:,} pairs of `test.*` "
             "(mean 20.5 English words).",
             "- Model and recipe: `configs/hansard-cpu.yaml` (2 x 256 LSTMs, embeddings 256, "
-            "Adam 0.002, batches of 64, label smoothing 0.1, float32), 3 epochs with the lr "
+            "Adam 0.002, batches of 64, label smoothing 0.1, float32), 2.5 epochs with the lr "
             "halved every quarter epoch of the last, the same for every model; only "
             "`model.reverse_source` and `train.seed` (initial weights and batch order) differ. "
             f"Every run: {first['steps']:,} updates, one thread, two runs at a time on the "
