@@ -27,10 +27,11 @@ def measure(model: str, beam: int, batch_size: int, n: int, precision: str, thre
     import torch
     from sacrebleu.metrics import BLEU
 
+    from seq2seq.device import setup_process
     from seq2seq.text import read_lines
     from seq2seq.translator import Translator
 
-    torch.set_num_threads(threads)
+    setup_process("decode", torch.device("cpu"), threads)  # as `seq2seq translate` does
     sources = list(read_lines(CORPUS / "test.en"))[:n]
     refs = list(read_lines(CORPUS / "test.fr"))[:n]
     translator = Translator.load(model, device="cpu", precision=precision)

@@ -83,9 +83,9 @@ def test_ensemble_averages_log_probabilities():
     ens = Ensemble([a, b])
     states = ens.encode(SOURCES[:2])
     tokens = torch.tensor([2, 2])
-    logp, _ = ens.step(tokens, states)
-    la, _ = a.decode_step(tokens, states[0])
-    lb, _ = b.decode_step(tokens, states[1])
+    hiddens, _ = ens.advance(tokens, states)
+    logp = ens.log_probs(hiddens, 0, len(tokens))
+    la, lb = (m.log_probs(m.decode_hidden(tokens, s)[0]) for m, s in zip((a, b), states))
     assert torch.allclose(logp, (la + lb) / 2)
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from seq2seq.errors import ArgumentError
 from seq2seq.serve import Batching, Guard, Limits, create_app, running
 from seq2seq.translator import Translator
 
@@ -139,6 +140,22 @@ def test_bad_requests_are_refused_naming_the_field(client, body, status, names):
     text = error_text(response)
     for name in names:
         assert name in text
+
+
+@pytest.mark.parametrize("args", [
+    {"beam": 0}, {"beam": 300}, {"beam": 3, "nbest": 4}, {"nbest": 0},
+    {"length_penalty": -0.5}, {"length_penalty": 10.5}, {"length_penalty": float("inf")},
+])
+def test_decoding_arguments_are_refused_with_the_translator_s_words(client, translator, args):
+    with pytest.raises(ArgumentError) as offline:
+        translator.translate(["Go!"], **args)
+    body = json.dumps({"sentences": ["Go!"], **args}).replace("Infinity", "1e400")
+    response = client.post("/translate", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["msg"] == str(offline.value)
+    assert detail["loc"] == ["body", offline.value.argument]
 
 
 def test_malformed_json_is_422(client):

@@ -145,28 +145,23 @@ def test_clip_grad_norm_matches_torch(max_norm):
 
 
 @pytest.mark.parametrize("trim_every, trims", [(3, [3, 6, 9]), (0, [])])
-def test_trainer_keeps_freed_memory_and_trims_every_n_updates(data_dir, tmp_path, monkeypatch,
-                                                              trim_every, trims):
+def test_trainer_trims_the_heap_every_n_updates(data_dir, tmp_path, monkeypatch,
+                                                trim_every, trims):
     import seq2seq.train as train_module
 
-    seen = {"kept": 0, "trims": []}
+    seen = {"trims": []}
     release = train_module.release_free_memory
-
-    def counting_keep(device):  # not the real one: mallopt would outlive this test
-        seen["kept"] += 1
-        return True
 
     def counting_release(device):
         seen["trims"].append(trainer.pos.step)
         release(device)
 
-    monkeypatch.setattr(train_module, "keep_free_memory", counting_keep)
     monkeypatch.setattr(train_module, "release_free_memory", counting_release)
     cfg = tiny_config(optim={"max_steps": 10}, train={"valid_every": 10,
                                                       "trim_every": trim_every})
     trainer = Trainer(config_from_dict(cfg), data_dir, tmp_path, log=lambda _: None)
     trainer.train()
-    assert seen == {"kept": 1, "trims": trims}
+    assert seen == {"trims": trims}
     assert TrainConfig().trim_every == 100  # the default: see seq2seq.device.release_free_memory
 
 

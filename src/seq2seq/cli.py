@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if e not in args.overrides]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    log_to_stderr()
     try:
         return args.run(args) or 0
     except TrainingStopped as err:
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sentences per request (default 256)")
     p.add_argument("--max-chars", type=int, default=1000, metavar="N",
                    help="characters per sentence (default 1000)")
+    p.add_argument("--max-beam", type=int, default=64, metavar="K",
+                   help="widest beam a request may ask for (default 64)")
     p.add_argument("--max-cost", type=int, default=1_000_000, metavar="N",
                    help="beam x (2 x source tokens + 10) summed over a request's sentences "
                         "(default 1000000)")
@@ -234,6 +238,7 @@ def cmd_train(args) -> None:
         raise Seq2SeqError("train needs --data DIR and --out DIR (or --dry-run)")
     from seq2seq.train import train
 
+    _setup_process("train", cfg.train.device, cfg.train.threads)
     result = train(cfg, args.data, args.out)
     print(json.dumps(result))
 
@@ -328,7 +333,7 @@ def cmd_serve(args) -> None:
     from seq2seq.serve import Batching, Guard, Limits, serve
 
     _check_positive(args, "port", "max_batch_sentences", "max_body_bytes", "max_sentences",
-                    "max_chars", "max_cost", "max_queue", "max_connections")
+                    "max_chars", "max_beam", "max_cost", "max_queue", "max_connections")
     if not 0 < args.header_timeout < float("inf"):
         raise Seq2SeqError(f"--header-timeout must be a positive number, got "
                            f"{args.header_timeout}")
@@ -336,7 +341,8 @@ def cmd_serve(args) -> None:
         raise Seq2SeqError(f"--port must be in 1..65535, got {args.port}")
     if args.batch_wait_ms < 0:
         raise Seq2SeqError(f"--batch-wait-ms must be at least 0, got {args.batch_wait_ms}")
-    limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars)
+    limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars,
+                    args.max_beam)
     batching = (Batching.off() if args.no_batching
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
     guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
@@ -434,17 +440,56 @@ def _plot_curves(args) -> None:
 # ---------------------------------------------------------------------------- helpers
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (so a redirect or a test sees it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+def log_to_stderr() -> None:
+    """The command line's log: the package's progress lines and notes (INFO) as they are,
+    warnings prefixed "warning: ", on stderr. Once per process, however often it is called."""
+    logger = logging.getLogger("seq2seq")
+    logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(_Format())
+        logger.addHandler(handler)
+
+
 def _load(args):
     """The Translator of --model, after the decoding arguments passed the library's checks
     (the same words as from Python or the server; before the slow part)."""
-    from seq2seq.translator import Translator, check_decoding
+    from seq2seq.search import check_decoding
+    from seq2seq.translator import Translator
 
     if hasattr(args, "beam"):
         check_decoding(args.beam, getattr(args, "nbest", 1), args.batch_size, args.max_len_a,
                        args.max_len_b, args.length_penalty)
     else:
         _check_positive(args, "batch_size")
+    _setup_process("decode", args.device)
     return Translator.load(args.model, device=args.device, precision=args.precision)
+
+
+def _setup_process(workload: str, device: str, threads: int | None = None) -> None:
+    """The verb's process-wide settings, before its first computation (see
+    `seq2seq.device.setup_process`)."""
+    from seq2seq.device import resolve_device, setup_process
+
+    setup_process(workload, resolve_device(device), threads)
 
 
 def _check_positive(args, *names: str) -> None:

@@ -6,11 +6,12 @@
 - `dist_backend(device)`: NCCL for CUDA, gloo for the CPU.
 - cuDNN's fused LSTM kernels are used by `nn.LSTM` on CUDA automatically; `configure`
   turns on cuDNN's autotuner and TF32 matmuls, which suit fixed-shape LSTM batches.
-- `size_kernel_cache(workload)`: how many compiled oneDNN kernels a CPU process keeps.
-- `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS.
-- `keep_free_memory(device)`: on the CPU, let the C allocator keep freed memory for reuse
-  (the trainer uses both: keeps it, and releases it every `train.trim_every` updates; a
-  `Translator` keeps it).
+- `setup_process(workload, device, threads)`: the process-wide settings (threads, oneDNN's
+  kernel cache, the C allocator keeping freed memory), made by the entry points only: the
+  CLI verbs, the server and the benchmarks. Importing seq2seq, building a `Trainer` or a
+  `Translator` changes nothing process-wide.
+- `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS
+  (the trainer does it every `train.trim_every` updates).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 
 import torch
 
-from seq2seq import USER_KERNEL_CACHE
 from seq2seq.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
@@ -98,23 +101,45 @@ def dist_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-# oneDNN compiles and caches a kernel per LSTM input shape; batches come in many shapes.
-# Training kernels hold large scratch buffers: on the benchmark model (bf16) 16 cached
-# kernels instead of 64 took the peak RSS of 200 updates from 1,346 to 1,113 MB at no
-# measured speed cost. Decoding kernels are small, and a shrinking batch makes a new shape
-# at every live-row count: 64 entries decode greedy ~10% faster than 16 (bench/RESULTS.md).
+# ------------------------------------------------------------------ process-wide settings
+# Library code leaves the process as it found it. The entry points (each CLI verb, the
+# server, the benchmarks) call `setup_process` once, before any computation.
+
+# oneDNN compiles and caches a kernel per LSTM input shape, and batches come in many shapes.
+# Training kernels hold large scratch buffers, so a small cache bounds training memory;
+# decoding makes a new shape at every live-row count, and its kernels are small. The
+# measurements behind both sizes: bench/RESULTS.md, History.
 KERNEL_CACHE = {"train": 16, "decode": 64}
+KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+USER_KERNEL_CACHE = KERNEL_CACHE_ENV in os.environ
 USER_MALLOC_THRESHOLDS = any(
     name in os.environ for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"))
+_process_workload: str | None = None  # what setup_process tuned this process for
 
 
-def size_kernel_cache(workload: str) -> None:
-    """Size oneDNN's kernel cache for `workload` (train|decode), unless the user set
-    ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN reads it when it compiles its first kernel, so
-    this must come before any CPU computation of the process; after that it does nothing.
+def setup_process(workload: str, device: torch.device, threads: int | None = None) -> None:
+    """Tune this process for `workload` (train|decode) on `device`; entry points only.
+
+    - oneDNN's kernel cache: KERNEL_CACHE[workload] entries, unless the user set
+      ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN reads it when it compiles its first kernel,
+      so this must come before any CPU computation; a later call for another workload
+      cannot change it and says so.
+    - torch's intra-op threads (`threads`; None keeps torch's default); on CUDA the rank's
+      GPU, cuDNN's autotuner and TF32 matmuls (`configure`).
+    - on the CPU, glibc keeps freed memory for reuse (`keep_free_memory`).
     """
-    if not USER_KERNEL_CACHE:
-        os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(KERNEL_CACHE[workload])
+    global _process_workload
+    if workload not in KERNEL_CACHE:
+        raise ValueError(f"workload must be one of {', '.join(KERNEL_CACHE)}, got {workload!r}")
+    if _process_workload is None:
+        if not USER_KERNEL_CACHE:
+            os.environ[KERNEL_CACHE_ENV] = str(KERNEL_CACHE[workload])
+        _process_workload = workload
+    elif _process_workload != workload and not USER_KERNEL_CACHE:
+        log.warning(f"oneDNN's kernel cache stays sized for {_process_workload} "
+                    f"({KERNEL_CACHE[_process_workload]} kernels): it is read once per process")
+    configure(device, threads)
+    keep_free_memory(device)
 
 
 @functools.cache
@@ -126,8 +151,9 @@ def _glibc(name: str):
         return None
 
 
-def _malloc_trim():
-    return _glibc("malloc_trim")
+def has_glibc_allocator() -> bool:
+    """Whether this process's C library lets us tune and trim its allocator (glibc)."""
+    return _glibc("mallopt") is not None and _glibc("malloc_trim") is not None
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
@@ -138,25 +164,15 @@ KEEP_MMAP_THRESHOLD = 1 << 28  # blocks below this come from the heap, not their
 def keep_free_memory(device: torch.device) -> bool:
     """Let glibc keep freed CPU memory for reuse instead of returning it to the OS at once.
 
-    By default glibc unmaps a freed block of more than its (adaptive) mmap threshold and
-    trims free memory off the top of its heap: the next training step, whose tensors are of
-    much the same sizes, faults the same pages in again, zeroed by the kernel. Fixed
-    thresholds of 256 MB (mmap) and 1 GB (trim) make freed blocks reused instead; the
-    trainer sets them on the CPU and returns the free pages every `train.trim_every` updates
-    itself (`release_free_memory`). A `Translator` sets them too: beam 12 in bf16 on the
-    benchmark model, 124.2 vs 120.0 median sentences/s (`PYTHONPATH=TREE/src
-    .venv/bin/python bench/decode_speed.py --child --model M --beams 12 --precision bf16`,
-    the tree before and after alternating, three times, measured with a trim after each call,
-    since dropped); greedy: no gain. For training, on
-    the demo model (tatoeba-cpu, bf16), never trimming: 7,588 / 7,936 vs 6,928 / 6,534
-    target tokens/s, 0.25 vs 3.2 million faults in 320 updates, peak RSS 966-989 vs 894-901
-    MB against glibc's thresholds with a trim every 10 updates (`/usr/bin/time
-    .venv/bin/python bench/train_speed.py --config configs/tatoeba-cpu.yaml --data
-    work/tatoeba-data --child train --precision bf16 --steps 300 train.trim_every=0|10`,
-    alternating, twice, before the thresholds were set at every `trim_every`). The env
-    variables MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_MMAP_THRESHOLD_=268435456 do the
-    same; a user's own MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ wins. Returns whether
-    it was set; a no-op (False) on CUDA and without glibc.
+    Process-wide: `setup_process` calls it. By default glibc unmaps a freed block of more
+    than its (adaptive) mmap threshold and trims free memory off the top of its heap, so
+    the next training step or decoding step, whose tensors are of much the same sizes,
+    faults the same pages in again, zeroed by the kernel. Fixed thresholds of 256 MB (mmap)
+    and 1 GB (trim) make freed blocks reused instead; the trainer returns the free pages
+    every `train.trim_every` updates itself (`release_free_memory`). The gains, in training
+    and decoding: bench/RESULTS.md, History. The same as MALLOC_TRIM_THRESHOLD_=1073741824
+    MALLOC_MMAP_THRESHOLD_=268435456; a user's own MALLOC_TRIM_THRESHOLD_ or
+    MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set; False on CUDA and without glibc.
     """
     if device.type != "cpu" or USER_MALLOC_THRESHOLDS:
         return False
@@ -173,16 +189,10 @@ def release_free_memory(device: torch.device) -> None:
 
     Every training batch has its own shape, so its tensors have their own sizes, and the
     heap that `keep_free_memory` lets glibc keep fragments; the trainer trims it every
-    `train.trim_every` updates (default 100). On the benchmark model in bf16, 200 updates
-    with the fixed thresholds and a trim every 10 / 50 / 100 updates / never reached
-    2,290-2,309 / 2,245-2,249 / 2,379-2,537 / 2,357-2,490 target tokens/s at a peak RSS of
-    935-977 / 960-1,029 / 987-1,007 / 1,097-1,121 MB, and glibc's own thresholds with a
-    trim every 10 (the code before) 2,133-2,204 at 927-976 MB, with 2.9 million page faults
-    against 0.47 million for every 100 (`/usr/bin/time .venv/bin/python bench/train_speed.py
-    --child train --precision bf16 --steps 200 train.trim_every=10|50|100|0`, the tree
-    before with `PYTHONPATH=TREE/src`, alternating, twice).
-    A no-op on CUDA and without glibc.
+    `train.trim_every` updates (default 100: the speed and memory of 10, 50, 100 and never
+    are in bench/RESULTS.md, History). It changes no setting. A no-op on CUDA and without
+    glibc.
     """
-    trim = _malloc_trim() if device.type == "cpu" else None
+    trim = _glibc("malloc_trim") if device.type == "cpu" else None
     if trim is not None:
         trim(0)

@@ -1,4 +1,6 @@
-"""The errors a user can cause. The CLI prints their message on one line and exits 2."""
+"""The errors a user can cause. The CLI prints their message on one line and exits 2; the
+server answers 422 with the same message. Warnings (things done otherwise than asked, without
+stopping) go through `logging`, one logger per module."""
 
 
 class Seq2SeqError(Exception):
@@ -27,11 +29,10 @@ class TrainingStopped(Seq2SeqError):
 
 
 class ArgumentError(Seq2SeqError, ValueError):
-    """An argument of a library call is outside its allowed range; the message names it."""
+    """An argument of a library call is outside its allowed range; the message names it,
+    and `argument` is its name (the server's 422 points at the request field of that name)."""
 
+    def __init__(self, message: str, argument: str | None = None):
+        super().__init__(message)
+        self.argument = argument
 
-def warn(message: str) -> None:
-    """Tell the user something went differently than asked, without stopping."""
-    import sys
-
-    print(f"warning: {message}", file=sys.stderr)

@@ -88,11 +88,6 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         return self.encoder(src, src_lens)
 
-    def decode_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """tokens (n,) -> log-probabilities (n, tgt_vocab) of the next token, new state."""
-        hidden, state = self.decode_hidden(tokens, state)
-        return self.log_probs(hidden), state
-
     def decode_hidden(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tokens (n,) -> the decoder's top-layer output (n, hidden), new state."""
         out, state = self.decoder(tokens[:, None], state)
@@ -131,14 +126,6 @@ class Seq2Seq(nn.Module):
         hidden, _ = self.decoder(tgt_in, self.encode(src, src_lens))
         nll = -self.log_probs(hidden).gather(2, tgt_out[..., None]).squeeze(2)
         return nll.masked_fill(tgt_out == PAD_ID, 0.0)
-
-
-def chunked_nll(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
-    chunk: int,
-) -> torch.Tensor:
-    """sum_i -log softmax(hidden_i @ weight.T + bias)[targets_i], `chunk` rows at a time."""
-    return chunked_loss(hidden, weight, bias, targets, chunk)[0]
 
 
 def chunked_loss(

@@ -11,11 +11,13 @@ at that length </s> is the only choice left.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from seq2seq.data import source_batch, target_batch
+from seq2seq.errors import ArgumentError
 from seq2seq.model import Seq2Seq, State
 from seq2seq.vocab import BOS_ID, EOS_ID
 
@@ -24,6 +26,36 @@ from seq2seq.vocab import BOS_ID, EOS_ID
 class Hypothesis:
     tokens: list[int]  # target ids, without <s> and </s>
     score: float  # log p(tokens </s> | source)
+
+
+MAX_BEAM = 256  # wider beams cost time and memory without changing the best hypothesis
+MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
+
+
+def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
+                   max_len_a: float = 2.0, max_len_b: int = 10,
+                   length_penalty: float = 0.0) -> None:
+    """ArgumentError naming the first decoding argument outside its range: the one check
+    behind `Translator`, the CLI's decoding verbs and the server."""
+    _check_int("beam", beam, 1, MAX_BEAM)
+    _check_int("nbest", nbest, 1, beam, " (at most beam)")
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_len_b", max_len_b, 0)
+    for name, value, high in (("max_len_a", max_len_a, float("inf")),
+                              ("length_penalty", length_penalty, MAX_LENGTH_PENALTY)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not (0 <= value <= high and math.isfinite(value)):
+            bound = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
+            raise ArgumentError(f"{name} must be a finite number {bound}, got {value!r}",
+                                argument=name)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        allowed = (f"in {low}..{high}" if high is not None else f">= {low}") + why
+        raise ArgumentError(f"{name} must be an integer {allowed}, got {value!r}",
+                            argument=name)
 
 
 def length_norm(n: int | torch.Tensor, alpha: float):
@@ -46,11 +78,6 @@ class Ensemble:
             src, lens = source_batch(sources, model.reverse_source)
             states.append(model.encode(src.to(self.device), lens))
         return states
-
-    def step(self, tokens: torch.Tensor, states: list[State]) -> tuple[torch.Tensor, list[State]]:
-        """tokens (n,) -> mean log-probabilities (n, vocab), new states."""
-        hiddens, states = self.advance(tokens, states)
-        return self.log_probs(hiddens, 0, len(tokens)), states
 
     def advance(self, tokens: torch.Tensor,
                 states: list[State]) -> tuple[list[torch.Tensor], list[State]]:
@@ -95,7 +122,7 @@ class Ensemble:
 CACHE_FLOATS = 1 << 22  # 16 MB of float32 (within L3): what one chunk of scores may span
 
 
-def _chunks(n: int, rows_per_item: int, vocab: int) -> list[tuple[int, int]]:
+def _cache_ranges(n: int, rows_per_item: int, vocab: int) -> list[tuple[int, int]]:
     """(lo, hi) ranges over n sentences, each spanning about CACHE_FLOATS scores."""
     per = max(1, CACHE_FLOATS // (rows_per_item * vocab))
     return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
@@ -124,7 +151,7 @@ def greedy_search(
         hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens
         maxima = [ensemble.top_tokens(hiddens, lo, hi, 1, at_max[lo:hi])
-                  for lo, hi in _chunks(len(alive), 1, ensemble.vocab_size)]
+                  for lo, hi in _cache_ranges(len(alive), 1, ensemble.vocab_size)]
         best = torch.cat([v for v, _ in maxima])[:, 0]
         tokens = torch.cat([i for _, i in maxima])[:, 0]
         scores = scores + best
@@ -157,8 +184,7 @@ def beam_search(
     score / lp(longest allowed length): the most any live hypothesis could still reach.
     Hypothesis.score stays the log-probability.
     """
-    if not 1 <= nbest <= beam_size:
-        raise ValueError(f"nbest must be between 1 and the beam size ({beam_size}), got {nbest}")
+    check_decoding(beam_size, nbest, 1, max_len_a, max_len_b, length_penalty)
     device, k = ensemble.device, beam_size
     n = len(sources)
     states = Ensemble.select(ensemble.encode(sources),
@@ -181,7 +207,7 @@ def beam_search(
         # A sentence's 2k best candidates over (beam x vocab) are among the 2k best of each
         # of its k rows: take those per row, then the best 2k of the k x 2k per sentence.
         tops = []
-        for lo, hi in _chunks(len(alive), k, vocab):
+        for lo, hi in _cache_ranges(len(alive), k, vocab):
             logp, token = ensemble.top_tokens(hiddens, lo * k, hi * k, min(2 * k, vocab),
                                               at_max[lo:hi].repeat_interleave(k))  # (rows, c)
             c = logp.shape[1]

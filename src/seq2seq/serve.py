@@ -34,10 +34,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from seq2seq.errors import ArgumentError
+from seq2seq.search import MAX_LENGTH_PENALTY, check_decoding
 from seq2seq.translator import Translation, Translator
 
-MAX_BEAM = 64
-MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
 DECODE_BATCH = 64  # sentences per model call; abandoned requests are dropped between calls
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is there
 
@@ -49,6 +49,7 @@ class Limits:
     max_body_bytes: int = 1_000_000
     max_sentences: int = 256  # per request
     max_chars: int = 1000  # per sentence
+    max_beam: int = 64  # this server's own cap, below what `check_decoding` allows
 
 
 @dataclass
@@ -87,15 +88,18 @@ class _Strict(BaseModel):
 
 class TranslateRequest(_Strict):
     sentences: list[str] = Field(description="raw source sentences")
-    beam: int = Field(12, ge=1, le=MAX_BEAM, description="beam size; 1 = greedy")
-    nbest: int = Field(1, ge=1, le=MAX_BEAM, description="hypotheses returned per sentence")
+    # Ranges are checked by `check_decoding`, the library's own check (same words as the
+    # CLI's and Translator's); the schema only types the fields.
+    beam: int = Field(12, description="beam size; 1 = greedy (at most the server's "
+                                      "--max-beam, 64 by default)")
+    nbest: int = Field(1, description="hypotheses returned per sentence, at most beam")
     length_penalty: float = Field(
-        0.0, ge=0.0, le=MAX_LENGTH_PENALTY, allow_inf_nan=False,
-        description="rank beam hypotheses by log p / ((5 + length) / 6) ** length_penalty; "
-                    "0 = by log p, as in the paper")
+        0.0, description="rank beam hypotheses by log p / ((5 + length) / 6) ** "
+                         f"length_penalty, in [0, {MAX_LENGTH_PENALTY:g}]; 0 = by log p, as "
+                         "in the paper")
 
 
-class Hypothesis(BaseModel):
+class HypothesisOut(BaseModel):
     text: str
     score: float = Field(description="log p(text </s> | source)")
 
@@ -103,7 +107,7 @@ class Hypothesis(BaseModel):
 class TranslationOut(BaseModel):
     text: str
     score: float
-    nbest: list[Hypothesis]
+    nbest: list[HypothesisOut]
 
 
 class TranslateResponse(BaseModel):
@@ -375,6 +379,18 @@ def check_sentences(sentences: list[str], field_name: str, limits: Limits) -> No
                           f"{limits.max_chars} (--max-chars)", "too_long", (i,))
 
 
+def check_request_decoding(req: TranslateRequest, limits: Limits) -> None:
+    """Raise a 422 naming the field if a decoding argument is out of `check_decoding`'s
+    range (its message, word for word) or over this server's beam limit."""
+    try:
+        check_decoding(req.beam, req.nbest, length_penalty=req.length_penalty)
+    except ArgumentError as err:
+        raise _refuse(err.argument or "body", str(err), "out_of_range") from None
+    if req.beam > limits.max_beam:
+        raise _refuse("beam", f"beam {req.beam} is over this server's limit of "
+                      f"{limits.max_beam} (--max-beam)", "over_limit")
+
+
 # ---------------------------------------------------------------------------- the app
 
 
@@ -411,9 +427,7 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
     @app.post("/translate", response_model=TranslateResponse)
     async def translate(req: TranslateRequest, request: Request) -> TranslateResponse:
         check_sentences(req.sentences, "sentences", limits)
-        if req.nbest > req.beam:
-            raise _refuse("nbest", f"nbest ({req.nbest}) must not exceed beam ({req.beam})",
-                          "nbest_over_beam")
+        check_request_decoding(req, limits)
         cost = req.beam * sum(2 * len(translator.src_tokenizer.tokenize(s)) + 10
                               for s in req.sentences)
         if cost > guard.max_cost:
@@ -455,7 +469,7 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
 
 def _translation_out(t: Translation) -> TranslationOut:
     return TranslationOut(text=t.text, score=t.score,
-                          nbest=[Hypothesis(text=x, score=s) for x, s in t.nbest])
+                          nbest=[HypothesisOut(text=x, score=s) for x, s in t.nbest])
 
 
 async def _invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -487,9 +501,14 @@ async def _internal_error(_: Request, err: Exception) -> JSONResponse:
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           precision: str = "fp32", limits: Limits | None = None,
           batching: Batching | None = None, guard: Guard | None = None) -> None:
-    """Load the checkpoints (several = an ensemble) and serve them until interrupted."""
+    """Load the checkpoints (several = an ensemble) and serve them until interrupted.
+
+    An entry point: it tunes the process for decoding (`seq2seq.device.setup_process`)."""
     import uvicorn
 
+    from seq2seq.device import resolve_device, setup_process
+
+    setup_process("decode", resolve_device(device))
     translator = Translator.load(models, device=device, precision=precision)
     app = create_app(translator, limits, batching, [str(m) for m in models], guard)
     uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="info")).run()

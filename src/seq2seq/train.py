@@ -36,13 +36,10 @@ from seq2seq.device import (
     NO_BF16,
     autocast,
     check_precision,
-    configure,
     dist_backend,
     grad_scaler,
-    keep_free_memory,
     release_free_memory,
     resolve_device,
-    size_kernel_cache,
 )
 from seq2seq.errors import ConfigError, DataError, TrainingStopped
 from seq2seq.model import Seq2Seq, count_parameters
@@ -97,9 +94,6 @@ class Trainer:
         self.rank, self.world = _dist_info()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.device = resolve_device(cfg.train.device)
-        size_kernel_cache("train")
-        configure(self.device, cfg.train.threads)
-        keep_free_memory(self.device)  # see there: freed blocks reused, not faulted in again
         self.data = DataDir(data_dir)
         self.train_set = self.data.split("train")
         self.valid_set = self.data.split("valid")

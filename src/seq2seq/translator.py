@@ -9,7 +9,7 @@ Several checkpoints make an ensemble; they must share vocabularies and tokenizer
 
 from __future__ import annotations
 
-import math
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +25,21 @@ from seq2seq.device import (
     autocast,
     check_precision,
     compute_dtype,
-    keep_free_memory,
     resolve_device,
-    size_kernel_cache,
 )
-from seq2seq.errors import ArgumentError, CheckpointError, DataError, warn
+from seq2seq.errors import ArgumentError, CheckpointError, DataError
 from seq2seq.model import Seq2Seq
-from seq2seq.search import Ensemble, Hypothesis, beam_search, greedy_search
+from seq2seq.search import (
+    Ensemble,
+    Hypothesis,
+    beam_search,
+    check_decoding,
+    greedy_search,
+)
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import Vocabulary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,11 +69,10 @@ class Translator:
     The models are cast in place to the dtype of `precision`: a Translator owns its models
     (`Translator.load` gives it fresh ones); don't share them with another Translator.
 
-    On the CPU, creating a Translator sets glibc's allocator thresholds for the whole
-    process (`seq2seq.device.keep_free_memory`): freed memory is kept for reuse, so the
-    process stays near its high-water mark after decoding. `release_free_memory` in
-    `seq2seq.device` returns the free pages to the OS; MALLOC_MMAP_THRESHOLD_ or
-    MALLOC_TRIM_THRESHOLD_ in the environment leaves glibc's settings alone.
+    A Translator changes nothing process-wide. Decoding runs fastest once the process is
+    tuned for it, which the CLI and the server do: `seq2seq.device.setup_process("decode",
+    device)` before the first computation (threads, oneDNN's kernel cache, glibc keeping
+    the freed score blocks of each step for the next).
     """
 
     def __init__(
@@ -78,15 +83,12 @@ class Translator:
         self.ensemble = Ensemble(models)
         self.precision = check_precision(precision, self.ensemble.device)
         if self.precision != precision:
-            warn(NO_BF16)
+            log.warning(NO_BF16)
         for model in models:  # cast once here, not at every decoding step under autocast
             model.to(compute_dtype(precision))
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.max_len = max_len
-        # Each decoding step's scores are blocks of up to 16 MB; glibc would hand them back
-        # to the OS when freed and fault them in again, zeroed, at the next step.
-        keep_free_memory(self.ensemble.device)
 
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto",
@@ -96,7 +98,6 @@ class Translator:
         `precision` bf16 (or fp16 on CUDA) casts the weights to that type (the models of a
         Translator are cast in place); log-probabilities and scores stay float32.
         """
-        size_kernel_cache("decode")
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         dev = resolve_device(device)
         loaded = [load_model(p, dev) for p in paths]
@@ -128,7 +129,7 @@ class Translator:
         for number, line in enumerate(sentences, start=first_line):
             ids = self.src_vocab.encode(self.src_tokenizer.tokenize(line))
             if len(ids) > self.max_len:
-                warn(f"input line {number}: {len(ids)} tokens, truncated to the model's "
+                log.warning(f"input line {number}: {len(ids)} tokens, truncated to the model's "
                      f"limit of {self.max_len}")
                 ids = ids[:self.max_len]
             out.append(ids)
@@ -183,7 +184,7 @@ class Translator:
               batch_size: int = 64) -> list[float]:
         """log p(T|S) of each (source, target) pair, target </s> included."""
         sources, targets = _sentences(sources, "sources"), _sentences(targets, "targets")
-        _check_int("batch_size", batch_size, 1)
+        check_decoding(batch_size=batch_size)
         if len(sources) != len(targets):
             raise ArgumentError(f"{len(sources)} sources but {len(targets)} targets")
         src_ids, tgt_ids = self.source_ids(sources), self.target_ids(targets)
@@ -218,33 +219,6 @@ class Translator:
         if rows:
             out = np.stack([rows[i] for i in range(len(sources))])
         return out
-
-
-MAX_BEAM = 256  # wider beams cost time and memory without changing the best hypothesis
-MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
-
-
-def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
-                   max_len_a: float = 2.0, max_len_b: int = 10,
-                   length_penalty: float = 0.0) -> None:
-    """ArgumentError naming the first decoding argument outside its range."""
-    _check_int("beam", beam, 1, MAX_BEAM)
-    _check_int("nbest", nbest, 1, beam)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_len_b", max_len_b, 0)
-    for name, value, high in (("max_len_a", max_len_a, float("inf")),
-                              ("length_penalty", length_penalty, MAX_LENGTH_PENALTY)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not (0 <= value <= high and math.isfinite(value)):
-            bound = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
-            raise ArgumentError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
-def _check_int(name: str, value, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
-            (high is not None and value > high):
-        allowed = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise ArgumentError(f"{name} must be an integer {allowed}, got {value!r}")
 
 
 def _sentences(value, name: str) -> Sequence[str]:
