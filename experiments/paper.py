@@ -188,13 +188,6 @@ def word_ranks(p: Paths) -> dict[str, int]:
     return {w: rank for rank, (w, _) in enumerate(counts.most_common(), start=1)}
 
 
-def buckets(keys: list[float], hyps: list[str], refs: list[str], edges) -> list[dict]:
-    from seq2seq.analysis import bleu_by_bucket
-
-    ranges = list(zip(edges[:-1], edges[1:]))
-    return [asdict(b) for b in bleu_by_bucket(keys, hyps, refs, ranges)]
-
-
 def decode(translator, sources, refs, beam: int, nbest: int = 1):
     from seq2seq.evaluate import bleu_chrf
 
@@ -211,6 +204,7 @@ def task_model(p: Paths, s: Settings, name: str) -> dict:
     by word rarity of its beam-12 translations."""
     import numpy as np
 
+    from seq2seq.analysis import bleu_by_bucket, bleu_by_length, equal_count_buckets
     from seq2seq.evaluate import perplexity
     from seq2seq.text import Tokenizer
     from seq2seq.translator import Translator
@@ -228,13 +222,13 @@ def task_model(p: Paths, s: Settings, name: str) -> dict:
     ranks = word_ranks(p)
     unknown = len(ranks) + 1
     rarity = [float(np.mean([ranks.get(w, unknown) for w in ws])) if ws else 0.0 for ws in words]
-    rarity_edges = [float(e) for e in np.quantile(rarity, np.linspace(0, 1, 9))]
-    rarity_edges[-1] = float(np.nextafter(rarity_edges[-1], np.inf))
     return {
         "run": name, "ppl": perplexity(translator, sources, refs),
         "beams": [rows[b] for b in (1, 2, 12)],
-        "by_length": buckets([len(ws) for ws in words], hyps, refs, LENGTH_EDGES),
-        "by_rarity": buckets(rarity, hyps, refs, rarity_edges),
+        "by_length": [asdict(b) for b in bleu_by_length(
+            sources, hyps, refs, ranges=list(zip(LENGTH_EDGES[:-1], LENGTH_EDGES[1:])))],
+        "by_rarity": [asdict(b) for b in bleu_by_bucket(rarity, hyps, refs,
+                                                        equal_count_buckets(rarity, 8))],
         "command": f"seq2seq evaluate --model {rel(p.best(name))} --src "
                    f"{rel(p.hansard / 'test.en')} --ref {rel(p.hansard / 'test.fr')} --beam 12",
     }

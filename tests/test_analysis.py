@@ -6,6 +6,7 @@ import pytest
 from seq2seq.analysis import (
     NbestEntry,
     bleu_by_bucket,
+    bleu_by_length,
     equal_count_buckets,
     length_buckets,
     mean_frequency_rank,
@@ -28,6 +29,15 @@ def test_length_buckets_by_hand():
     buckets = bleu_by_bucket(keys, hyps, REF, [(1, 6), (6, 11)])
     assert [b.sentences for b in buckets] == [2, 2]
     assert buckets[0].bleu == pytest.approx(100) and buckets[1].bleu == pytest.approx(0)
+
+
+def test_bleu_by_length_counts_moses_words_whatever_the_model_tokenizes():
+    sources = ["Go!", "I like it.", "Where is the big red station?"]  # 2, 4, 7 words
+    buckets = bleu_by_length(sources, REF[:3], REF[:3], width=3)
+    assert [(b.low, b.high, b.sentences) for b in buckets] == [(1, 4, 1), (4, 7, 1),
+                                                               (7, 10, 1)]
+    fixed = bleu_by_length(sources, REF[:3], REF[:3], ranges=[(1, 5), (5, 50)])
+    assert [b.sentences for b in fixed] == [2, 1]
 
 
 def test_frequency_ranks_by_hand():
@@ -92,7 +102,12 @@ def test_plot_commands_write_readable_files(capsys, tmp_path, trained_run, corpu
     capsys.readouterr()
     code = main(["evaluate", "--model", model, "--src", src, "--ref", ref, "--beam", "1",
                  "--by-length"])
-    assert code == 0 and "src length | sentences |  BLEU" in capsys.readouterr().out
+    assert code == 0 and "src words | sentences |  BLEU" in capsys.readouterr().out
+    main(["evaluate", "--model", model, "--src", src, "--ref", ref, "--beam", "1",
+          "--by-length", "--json"])
+    by_length = json.loads(capsys.readouterr().out)["by_length"]["buckets"]
+    plotted = json.loads((tmp_path / "length.json").read_text())["buckets"]
+    assert by_length == plotted  # one length measure and one bucketing for both verbs
 
 
 def test_plot_curves_draws_runs_and_reports_their_validation(capsys, tmp_path, trained_run):

@@ -1,11 +1,13 @@
 """The paper's analyses: Figure 2 (sentence vectors in 2-D) and Figure 3 (BLEU by length and
 by word rarity), and rescoring of n-best lists (Table 2).
 
-Figure 3's buckets:
-- length: the source sentence's length in tokens, in fixed-width buckets;
-- rarity: the mean frequency rank of the source sentence's words, where a word's rank is its
-  position in the training vocabulary (1 = most frequent; a word outside the vocabulary ranks
-  just after the last one), in buckets holding equal numbers of sentences.
+Figure 3's buckets (`bleu_by_length`, `bleu_by_rarity`: the one place they are made, for
+`seq2seq plot`, `seq2seq evaluate --by-length` and the experiments):
+- length: the source sentence's length in words (Moses tokens, whatever the model's own
+  tokenizer: the paper's measure, the same for every model), in fixed-width buckets;
+- rarity: the mean frequency rank of the source sentence's tokens, where a token's rank is
+  its position in the model's source vocabulary (1 = most frequent; a token outside the
+  vocabulary ranks just after the last one), in buckets holding equal numbers of sentences.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import sacrebleu
 
 from seq2seq.errors import DataError
+from seq2seq.text import Tokenizer
 from seq2seq.vocab import SPECIALS, Vocabulary
 
 
@@ -65,6 +68,32 @@ def bleu_by_bucket(
             if idx else float("nan")
         out.append(Bucket(low, high, len(idx), bleu))
     return out
+
+
+def source_words(sources: Sequence[str], lang: str = "en") -> list[int]:
+    """The length in words (Moses tokens) of each source sentence."""
+    tok = Tokenizer("moses", lang)
+    return [len(tok.tokenize(s)) for s in sources]
+
+
+def bleu_by_length(
+    sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str], lang: str = "en",
+    width: int = 5, ranges: Sequence[tuple[float, float]] | None = None,
+) -> list[Bucket]:
+    """Figure 3, left: corpus BLEU per bucket of source length in words; `width`-word
+    buckets from 1, or the [low, high) `ranges` given."""
+    lengths = source_words(sources, lang)
+    return bleu_by_bucket(lengths, hyps, refs, ranges or length_buckets(lengths, width))
+
+
+def bleu_by_rarity(
+    sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str], tokenizer: Tokenizer,
+    vocab: Vocabulary, count: int = 8,
+) -> list[Bucket]:
+    """Figure 3, right: corpus BLEU per bucket of the sources' mean frequency rank (tokens
+    of the model's `tokenizer`, ranked in its source `vocab`), `count` equal-sized buckets."""
+    ranks = [mean_frequency_rank(tokenizer.tokenize(s), vocab) for s in sources]
+    return bleu_by_bucket(ranks, hyps, refs, equal_count_buckets(ranks, count))
 
 
 def mean_frequency_rank(tokens: Sequence[str], vocab: Vocabulary) -> float:

@@ -313,15 +313,14 @@ def cmd_evaluate(args) -> None:
     if args.by_length:
         from seq2seq import analysis
 
-        lengths = [len(s) for s in translator.source_ids(sources)]
-        buckets = analysis.bleu_by_bucket(lengths, hyps, refs,
-                                          analysis.length_buckets(lengths))
-        metrics["by_length"] = json.loads(analysis.buckets_to_json(buckets, "source length"))
+        buckets = analysis.bleu_by_length(sources, hyps, refs, translator.src_tokenizer.lang)
+        metrics["by_length"] = json.loads(analysis.buckets_to_json(buckets,
+                                                                   "source length (words)"))
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
     if args.by_length:
-        print(analysis.buckets_table(buckets, "src length"))
+        print(analysis.buckets_table(buckets, "src words"))
     print(f"BLEU {metrics['bleu']:.2f} | chrF {metrics['chrf']:.2f} | tokenized BLEU "
           f"{metrics['tok_bleu']:.2f} | perplexity {metrics['ppl']:.2f} | "
           f"{metrics['sentences']} sentences, beam {metrics['beam']}, "
@@ -401,15 +400,14 @@ def cmd_plot(args) -> None:
         hyps = [t.text for t in translator.translate(
             sources, beam=args.beam, batch_size=args.batch_size, max_len_a=args.max_len_a,
             max_len_b=args.max_len_b, length_penalty=args.length_penalty)]
-    tokens = [translator.src_tokenizer.tokenize(s) for s in sources]
     if args.kind == "length":
-        keys = [len(t) for t in tokens]
-        ranges, xlabel = analysis.length_buckets(keys, args.width), "source length (tokens)"
+        buckets = analysis.bleu_by_length(sources, hyps, refs, translator.src_tokenizer.lang,
+                                          args.width)
+        xlabel = "source length (words)"
     else:
-        keys = [analysis.mean_frequency_rank(t, translator.src_vocab) for t in tokens]
-        ranges = analysis.equal_count_buckets(keys, args.buckets)
-        xlabel = "mean frequency rank of the source words"
-    buckets = analysis.bleu_by_bucket(keys, hyps, refs, ranges)
+        buckets = analysis.bleu_by_rarity(sources, hyps, refs, translator.src_tokenizer,
+                                          translator.src_vocab, args.buckets)
+        xlabel = "mean frequency rank of the source tokens"
     out = Path(args.out)
     paths = analysis.plot_buckets(buckets, xlabel, f"BLEU by {xlabel}", out)
     json_path = out.with_suffix(".json")
