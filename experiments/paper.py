@@ -131,7 +131,7 @@ def prepare_data(p: Paths, s: Settings) -> None:
             raise SystemExit(f"paper: {p.work} holds a run of other settings; give another "
                              "--work or remove it")
         return
-    from seq2seq.data import prepare
+    from seq2seq.prepare import prepare
     from seq2seq.text import open_binary
 
     p.raw.mkdir(parents=True, exist_ok=True)

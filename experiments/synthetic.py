@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = {**(QUICK if args.quick else FULL), "seed": args.seed, "threads": args.threads}
     start = time.perf_counter()
-    from seq2seq.data import prepare
+    from seq2seq.prepare import prepare
 
     raw = args.work / "raw"
     pairs = generate(raw, {s: settings[s] for s in SPLITS}, settings["min_len"],

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from seq2seq.config import config_from_dict
-from seq2seq.data import prepare
 from seq2seq.device import cpu_has_bf16
+from seq2seq.prepare import prepare
 from seq2seq.train import Trainer
 from seq2seq.translator import Translator
 

@@ -211,7 +211,7 @@ def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: boo
 
 
 def cmd_prepare(args) -> None:
-    from seq2seq.data import prepare
+    from seq2seq.prepare import prepare
 
     _check_positive(args, "src_vocab", "tgt_vocab", "max_len", "workers")
     prepare(
