@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
+import torch
 
-from seq2seq.data import DataDir, make_batches, source_batch, target_batch
+from seq2seq.config import BatchingConfig
+from seq2seq.data import (
+    Batch,
+    BatchStream,
+    DataDir,
+    collate,
+    make_batches,
+    source_batch,
+    target_batch,
+)
 from seq2seq.errors import DataError
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -60,3 +70,54 @@ def test_source_and_target_batches():
     assert src.tolist() == [[PAD_ID, PAD_ID], [5, 4]] and lens.tolist() == [1, 2]
     tgt_in, tgt_out = target_batch([[]])
     assert tgt_in.tolist() == [[BOS_ID]] and tgt_out.tolist() == [[EOS_ID]]
+
+
+def _stream(data_dir, batch_size=100, world=1) -> BatchStream:
+    return BatchStream(DataDir(data_dir).split("train"), BatchingConfig(batch_size=batch_size),
+                       seed=3, reverse_source=True, world=world)
+
+
+def _assert_same(a: Batch, b: Batch) -> None:
+    assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
+
+
+def test_stream_gives_the_batches_of_make_batches_epoch_after_epoch(data_dir):
+    stream, corpus = _stream(data_dir), DataDir(data_dir).split("train")
+    for epoch in (0, 1):
+        expected = make_batches(corpus.src.lengths, corpus.tgt.lengths, batch_size=100,
+                                max_tokens=None, pool_batches=100, seed=3, epoch=epoch)
+        assert len(expected) == 15  # 1,500 pairs
+        for i, indices in enumerate(expected):
+            assert stream.epoch == pytest.approx(epoch + i / 15)
+            _assert_same(next(stream), collate(corpus, indices, reverse_source=True))
+    # At the end of an epoch the position stays there until the next batch is asked for.
+    assert stream.epoch == 2.0 and stream.state_dict() == {"epoch": 1, "batch": 15}
+    next(stream)
+    assert stream.state_dict() == {"epoch": 2, "batch": 1}
+
+
+@pytest.mark.parametrize("stop", [7, 15, 16])  # mid-epoch, at its end, just after
+def test_a_restored_stream_continues_as_an_uninterrupted_one(data_dir, stop):
+    whole = _stream(data_dir)
+    expected = [next(whole) for _ in range(25)]
+    first = _stream(data_dir)
+    for _ in range(stop):
+        next(first)
+    resumed = _stream(data_dir)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.epoch == first.epoch
+    for want in expected[stop:]:
+        _assert_same(next(resumed), want)
+
+
+def test_stream_drops_batches_smaller_than_the_world_and_shards_the_rest(data_dir):
+    sizes = [len(b) for b in _stream(data_dir, batch_size=7).epoch_batches(0)]
+    assert sorted(sizes)[:2] == [2, 7]  # 1,500 = 214 x 7 + 2
+    batches = _stream(data_dir, batch_size=7, world=3).epoch_batches(0)
+    assert len(batches) == len(sizes) - 1 and min(len(b) for b in batches) == 7
+    batch = next(_stream(data_dir, batch_size=7, world=3))
+    shards = [batch.shard(rank, 3) for rank in range(3)]
+    assert [s.size for s in shards] == [2, 2, 3]
+    _assert_same(Batch(*(torch.cat(t) for t in zip(*(vars(s).values() for s in shards)))),
+                 batch)
+

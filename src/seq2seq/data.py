@@ -1,4 +1,5 @@
-"""The prepared corpus and its batches: the memory-mapped splits, bucketing, reversal.
+"""The prepared corpus and its batches: the memory-mapped splits, bucketing, reversal, and
+`BatchStream`, the training batches in order with the position in them.
 
 A data directory made by `seq2seq.prepare.prepare` holds::
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seq2seq.config import BatchingConfig
 from seq2seq.errors import DataError
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
@@ -168,6 +170,14 @@ class Batch:
     def pin_memory(self) -> Batch:
         return Batch(*(t.pin_memory() for t in vars(self).values()))
 
+    def shard(self, rank: int, world: int) -> Batch:
+        """Rank `rank`'s contiguous share of this global batch split over `world` ranks:
+        rows [size * rank // world, size * (rank + 1) // world)."""
+        if world == 1:
+            return self
+        lo, hi = self.size * rank // world, self.size * (rank + 1) // world
+        return Batch(*(t[lo:hi] for t in vars(self).values()))
+
 
 def source_batch(
     sentences: Iterable[Iterable[int]], reverse_source: bool
@@ -220,3 +230,71 @@ def collate(corpus: ParallelCorpus, indices: np.ndarray, reverse_source: bool) -
     src, src_lens = source_batch((corpus.src[i] for i in indices), reverse_source)
     tgt_in, tgt_out = target_batch(corpus.tgt[i] for i in indices)
     return Batch(src, src_lens, tgt_in, tgt_out)
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+class BatchStream:
+    """The training batches in order, epoch after epoch, and the position in them.
+
+    Epoch e is `make_batches(..., seed=seed, epoch=e)` of the corpus, without the batches
+    of fewer than `world` sentences (each rank needs at least one sentence of every global
+    batch). The position, (epoch, index of the next batch in it), is the whole state:
+    `state_dict()` / `load_state_dict()` carry it across a resumption, and the batches
+    that follow are those of an uninterrupted run.
+
+        stream = BatchStream(data.split("train"), cfg.batching, seed=1, reverse_source=True)
+        batch = next(stream)   # the next global Batch
+        stream.epoch           # fractional epoch of the batch after it, e.g. 2.25
+    """
+
+    def __init__(self, corpus: ParallelCorpus, batching: BatchingConfig, seed: int,
+                 reverse_source: bool, world: int = 1):
+        self.corpus = corpus
+        self.batching = batching
+        self.seed = seed
+        self.reverse_source = reverse_source
+        self.world = world
+        self.epoch_index = 0  # the epoch of the next batch
+        # The index of the next batch in its epoch. It may equal the epoch's length: the
+        # stream moves on to the next epoch when that batch is asked for.
+        self.batch_index = 0
+        self._cached: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The batches of `epoch`, in order: arrays of sentence indices into the corpus."""
+        if self._cached is None or self._cached[0] != epoch:
+            b = self.batching
+            batches = make_batches(
+                self.corpus.src.lengths, self.corpus.tgt.lengths, batch_size=b.batch_size,
+                max_tokens=b.max_tokens, pool_batches=b.pool_batches, seed=self.seed,
+                epoch=epoch,
+            )
+            self._cached = (epoch, [x for x in batches if len(x) >= self.world])
+        return self._cached[1]
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epoch of the next batch: epochs done + batches done / batches in it."""
+        done = self.batch_index / max(1, len(self.epoch_batches(self.epoch_index)))
+        return self.epoch_index + done
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        """The next global Batch (collated on the host); moves the position past it."""
+        if self.batch_index >= len(self.epoch_batches(self.epoch_index)):
+            self.epoch_index, self.batch_index = self.epoch_index + 1, 0
+        indices = self.epoch_batches(self.epoch_index)[self.batch_index]
+        self.batch_index += 1
+        return collate(self.corpus, indices, self.reverse_source)
+
+    def state_dict(self) -> dict[str, int]:
+        """The position: {"epoch": epoch of the next batch, "batch": its index there}."""
+        return {"epoch": self.epoch_index, "batch": self.batch_index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a position saved by `state_dict()`."""
+        self.epoch_index, self.batch_index = int(state["epoch"]), int(state["batch"])
