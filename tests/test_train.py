@@ -13,7 +13,7 @@ from conftest import needs_bf16, tiny_config
 from seq2seq.checkpoint import load_checkpoint
 from seq2seq.config import OptimConfig, TrainConfig, config_from_dict
 from seq2seq.errors import ConfigError, TrainingStopped
-from seq2seq.train import Trainer, _clip_grad_norm, learning_rate
+from seq2seq.train import Trainer, clip_grad_norm, learning_rate
 
 
 def test_paper_learning_rate_schedule():
@@ -138,7 +138,7 @@ def test_clip_grad_norm_matches_torch(max_norm):
     ref = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
     for a, b, g in zip(ours, ref, grads):
         a.grad, b.grad = g.clone(), g.clone()
-    norm = _clip_grad_norm(ours, max_norm)
+    norm = clip_grad_norm(ours, max_norm)
     assert norm == pytest.approx(float(torch.nn.utils.clip_grad_norm_(ref, max_norm)))
     for a, b in zip(ours, ref):
         assert torch.allclose(a.grad, b.grad)
@@ -157,7 +157,7 @@ def test_trainer_keeps_freed_memory_and_trims_every_n_updates(data_dir, tmp_path
         return True
 
     def counting_release(device):
-        seen["trims"].append(trainer.pos.step)
+        seen["trims"].append(trainer.step)
         release(device)
 
     monkeypatch.setattr(train_module, "keep_free_memory", counting_keep)
@@ -228,16 +228,16 @@ def test_skipping_non_finite_batches_counts_them_and_trains_on(data_dir, tmp_pat
                                                       "nonfinite": "skip"})
     messages = []
     trainer = Trainer(config_from_dict(cfg), data_dir, tmp_path, log=messages.append)
-    forward, calls = trainer.net.forward, []
+    forward, calls = trainer.ddp_model.forward, []
 
     def poisoned(*args, **kwargs):  # the 5th batch's loss is NaN, as from an overflow
         calls.append(1)
         loss, nll = forward(*args, **kwargs)
         return (loss * float("nan"), nll) if len(calls) == 5 else (loss, nll)
 
-    trainer.net.forward = poisoned
+    trainer.ddp_model.forward = poisoned
     result = trainer.train()
-    assert trainer.skipped == 1 and trainer.pos.step == 12
+    assert trainer.skipped == 1 and trainer.step == 12
     assert [m for m in messages if "batch skipped" in m] == [
         "warning: step 5: loss nan, gradient norm nan (not finite); batch skipped (1 so far)"]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
