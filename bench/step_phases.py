@@ -2,9 +2,13 @@
 
 Builds the trainer of `bench/benchmark.yaml` (as `bench/train_speed.py` does), runs
 `--warmup` updates untimed, then times each phase of `--steps` updates on the training
-batches in order: the encoder's forward, the decoder's LSTM forward, the output layer
-with its loss and gradients (`chunked_loss`), the backward pass, gradient clipping and
-the SGD update. Prints the median of each phase (ms) and of the whole step.
+batches in order. The phases are the trainer's own methods, called in the order
+`Trainer.train_step` calls them (learning-rate schedule and grad scaler included; only its
+non-finite check and its statistics are left out): the batch's copy to the device
+(`forward` up to the model), the encoder's forward, the decoder's LSTM forward, the output
+layer with its loss and gradients (`chunked_loss`), `backward`, `clip_gradients` and
+`update` (the optimizer's step). Forward hooks on the encoder and decoder split `forward`.
+Collating the batch is not timed. Prints the median of each phase (ms) and of the step.
 
     .venv/bin/python bench/step_phases.py                    # bf16, 150 updates
     .venv/bin/python bench/step_phases.py --precision fp32 --steps 100
@@ -23,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_CONFIG, BENCH_DATA, prepare_bench_data  # noqa: E402
 
-PHASES = ("encoder", "decoder_lstm", "output_loss", "backward", "clip", "sgd")
+PHASES = ("to_device", "encoder", "decoder_lstm", "output_loss", "backward", "clip", "update")
 
 
 def main() -> None:
@@ -34,36 +38,37 @@ def main() -> None:
     args = parser.parse_args()
 
     from seq2seq.config import load_config
-    from seq2seq.device import autocast
-    from seq2seq.model import chunked_loss
-    from seq2seq.train import Trainer, _clip_grad_norm
-    from seq2seq.vocab import PAD_ID
+    from seq2seq.device import resolve_device, setup_process
+    from seq2seq.train import Trainer, learning_rate
 
     prepare_bench_data(BENCH_DATA)
     cfg = load_config(BENCH_CONFIG, [f"train.precision={args.precision}"])
+    setup_process("train", resolve_device(cfg.train.device), cfg.train.threads)  # as the CLI
     times: dict[str, list[float]] = {p: [] for p in (*PHASES, "step")}
+    marks: list[float] = []
+
+    def mark(*_) -> None:
+        marks.append(time.perf_counter())
+
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, BENCH_DATA, run_dir, log=lambda msg: None)
-        model, out = trainer.model, trainer.model.decoder.output
+        trainer = Trainer(cfg, BENCH_DATA, run_dir)
+        trainer.model.encoder.register_forward_pre_hook(mark)
+        trainer.model.encoder.register_forward_hook(mark)
+        trainer.model.decoder.register_forward_hook(mark)
         for i in range(args.warmup + args.steps):
-            b = trainer._next_batch()
-            marks = [time.perf_counter()]
-            with autocast(trainer.device, trainer.precision):
-                state = model.encode(b.src, b.src_lens)
-                marks.append(time.perf_counter())
-                hidden, _ = model.decoder(b.tgt_in, state)
-                marks.append(time.perf_counter())
-                mask = b.tgt_out != PAD_ID
-                loss, _ = chunked_loss(hidden[mask], out.weight, out.bias, b.tgt_out[mask],
-                                       cfg.train.loss_chunk)
-                marks.append(time.perf_counter())
-            trainer.optimizer.zero_grad(set_to_none=True)
-            (loss / b.size).backward()
-            marks.append(time.perf_counter())
-            _clip_grad_norm(model.parameters(), cfg.optim.clip_norm)
-            marks.append(time.perf_counter())
-            trainer.optimizer.step()
-            marks.append(time.perf_counter())
+            lr = learning_rate(cfg.optim, trainer.stream.epoch)  # as Trainer.train_next
+            batch = next(trainer.stream)
+            marks.clear()
+            mark()
+            trainer.set_learning_rate(lr)
+            loss, _ = trainer.forward(batch)  # marks the encoder's start and end, the decoder's end
+            mark()
+            trainer.backward(loss)
+            mark()
+            trainer.clip_gradients()
+            mark()
+            trainer.update()
+            mark()
             if i >= args.warmup:
                 for phase, start, end in zip(PHASES, marks, marks[1:]):
                     times[phase].append((end - start) * 1e3)

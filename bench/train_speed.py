@@ -2,7 +2,8 @@
 
 For each precision asked for, a fresh process builds the trainer of `bench/benchmark.yaml`,
 takes the real training batches in their training order, runs `--warmup` updates untimed
-and then `--steps` timed ones (forward, backward, clipping, SGD: `Trainer.train_step`).
+and then `--steps` timed ones (collation, forward, backward, clipping, SGD: the trainer's
+own `Trainer.train_next`).
 Target tokens count </s>. In the same run, the matmul ceiling of the model's own shapes
 is measured after each run (see `bench/common.py` for the FLOP formula and the ceiling),
 and MFU is the median throughput against the best ceiling of the precision trained in
@@ -48,20 +49,20 @@ def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list
     import tempfile
 
     from seq2seq.config import load_config
+    from seq2seq.device import resolve_device, setup_process
     from seq2seq.train import Trainer
 
     cfg = load_config(config, [f"train.precision={precision}", *overrides])
+    setup_process("train", resolve_device(cfg.train.device), cfg.train.threads)  # as the CLI
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, data, run_dir, log=lambda msg: None)
+        trainer = Trainer(cfg, data, run_dir)
         for _ in range(warmup):
-            trainer.train_step(trainer._next_batch())
+            trainer.train_next()
         src = tgt = 0
         start = time.perf_counter()
         for _ in range(steps):  # batches in training order, collation included
-            batch = trainer._next_batch()
-            trainer.train_step(batch)
-            s, t = batch.num_tokens()
-            src, tgt = src + s, tgt + t
+            stats = trainer.train_next()
+            src, tgt = src + stats["src_tokens"], tgt + stats["tgt_tokens"]
         seconds = time.perf_counter() - start
     shape = Shape.from_config(cfg.model, len(trainer.data.tgt_vocab))
     return {

@@ -131,7 +131,7 @@ def prepare_data(p: Paths, s: Settings) -> None:
             raise SystemExit(f"paper: {p.work} holds a run of other settings; give another "
                              "--work or remove it")
         return
-    from seq2seq.data import prepare
+    from seq2seq.prepare import prepare
     from seq2seq.text import open_binary
 
     p.raw.mkdir(parents=True, exist_ok=True)
@@ -142,8 +142,7 @@ def prepare_data(p: Paths, s: Settings) -> None:
                 out.write(line)
     prepare(p.raw / "train.en", p.raw / "train.fr", p.hansard / "valid.en",
             p.hansard / "valid.fr", p.data, src_vocab=s.vocab, tgt_vocab=s.vocab,
-            tokenizer="sentencepiece", max_len=s.max_len, workers=1, force=True,
-            log=lambda msg: print(msg, file=sys.stderr))
+            tokenizer="sentencepiece", max_len=s.max_len, workers=1, force=True)
     stamp.write_text(json.dumps(asdict(s)) + "\n")
 
 
@@ -305,7 +304,10 @@ def do_task(p: Paths, s: Settings, name: str) -> None:
     """Run one task in this process (one thread) and write its JSON."""
     import torch
 
-    torch.set_num_threads(1)
+    from seq2seq.device import setup_process
+
+    # Decoding tasks run here, as `seq2seq evaluate` would; training runs the CLI's child.
+    setup_process("decode", torch.device("cpu"), 1)
     task = {t.name: t for t in plan(s)}[name]
     kind, _, arg = name.partition("/")
     start = time.perf_counter()
@@ -395,6 +397,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only write the report")
     parser.add_argument("--task", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from seq2seq.cli import log_to_stderr
+
+    log_to_stderr()
     settings = QUICK if args.quick else Settings()
     # The paths given, for the report's command line (relative: no path of one machine).
     paths = {k: getattr(args, k) for k in ("work", "results", "out", "figures")

@@ -80,7 +80,7 @@ def train_pair(data: Path, work: Path, settings: dict) -> dict[str, Path]:
         }, where="synthetic")
         run_dir = work / name
         shutil.rmtree(run_dir, ignore_errors=True)  # always from scratch: minutes, not hours
-        Trainer(cfg, data, run_dir, log=lambda msg: print(msg, file=sys.stderr)).train()
+        Trainer(cfg, data, run_dir).train()
         runs[name] = run_dir
     return runs
 
@@ -167,9 +167,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", default=str(ROOT / "experiments" / "figures" / "synthetic"),
                         help="plot prefix (.png and .svg); '' for none")
     args = parser.parse_args(argv)
+    import torch
+
+    from seq2seq.cli import log_to_stderr
+    from seq2seq.device import setup_process
+
+    log_to_stderr()
+    setup_process("train", torch.device("cpu"), args.threads)
     settings = {**(QUICK if args.quick else FULL), "seed": args.seed, "threads": args.threads}
     start = time.perf_counter()
-    from seq2seq.data import prepare
+    from seq2seq.prepare import prepare
 
     raw = args.work / "raw"
     pairs = generate(raw, {s: settings[s] for s in SPLITS}, settings["min_len"],
@@ -177,8 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     data = args.work / "data"
     prepare(raw / "train.src", raw / "train.tgt", raw / "valid.src", raw / "valid.tgt", data,
             src_vocab=settings["vocab"], tgt_vocab=settings["vocab"], tokenizer="space",
-            max_len=settings["max_len"] + 1, src_lang="en", tgt_lang="en", force=True,
-            log=lambda msg: print(msg, file=sys.stderr))
+            max_len=settings["max_len"] + 1, src_lang="en", tgt_lang="en", force=True)
     runs = train_pair(data, args.work, settings)
     long_from = math.ceil((settings["min_len"] + settings["max_len"]) / 2)
     width = 5 if not args.quick else 4

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from seq2seq.config import config_from_dict
-from seq2seq.data import prepare
 from seq2seq.device import cpu_has_bf16
+from seq2seq.prepare import prepare
 from seq2seq.train import Trainer
 from seq2seq.translator import Translator
 
@@ -58,7 +58,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 def data_dir(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"], corpus["valid_tgt"],
-            out, src_vocab=2000, tgt_vocab=2000, max_len=200, log=lambda _: None)
+            out, src_vocab=2000, tgt_vocab=2000, max_len=200)
     return out
 
 
@@ -67,7 +67,7 @@ def trained_run(data_dir, tmp_path_factory) -> Path:
     """A run directory with a tiny model trained for 120 steps (a few seconds)."""
     run = tmp_path_factory.mktemp("run")
     cfg = config_from_dict(tiny_config(optim={"max_steps": 120}, train={"valid_every": 60}))
-    Trainer(cfg, data_dir, run, log=lambda _: None).train()
+    Trainer(cfg, data_dir, run).train()
     return run
 
 

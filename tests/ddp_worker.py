@@ -23,7 +23,7 @@ def main(cfg_path: str, data_dir: str, out: str) -> None:
     cfg = load_config(cfg_path)
     init_distributed(cfg.train.device)
     try:
-        trainer = Trainer(cfg, data_dir, out, log=lambda _: None)
+        trainer = Trainer(cfg, data_dir, out)
         trainer.train()
         dist.barrier()  # rank 0 has created OUT
         torch.save(trainer.model.state_dict(), Path(out) / f"rank{dist.get_rank()}.pt")

@@ -3,9 +3,26 @@ import subprocess
 import pytest
 import torch
 
-from seq2seq.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq.errors import CheckpointError
+from conftest import tiny_config
+from seq2seq.checkpoint import (
+    BUNDLE_KEYS,
+    FORMAT,
+    TRAINING_KEYS,
+    check_ensemble,
+    check_resumable,
+    load_bundle,
+    load_checkpoint,
+    model_bundle,
+    save_checkpoint,
+)
+from seq2seq.config import config_from_dict
+from seq2seq.data import DataDir
+from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.model import Seq2Seq
+from seq2seq.train import Trainer
 from seq2seq.translator import Translator
+
+CPU = torch.device("cpu")
 
 
 def test_truncated_checkpoint(trained_run, tmp_path):
@@ -111,3 +128,85 @@ def test_garbage_sentencepiece_model_in_a_checkpoint(trained_run, tmp_path):
     save_checkpoint(state, tmp_path / "crafted.pt")
     with pytest.raises(CheckpointError, match="crafted.pt: its tokenizer settings are damaged"):
         Translator.load(tmp_path / "crafted.pt", device="cpu")
+
+
+def test_a_model_bundle_round_trips(data_dir, tmp_path):
+    data, cfg = DataDir(data_dir), config_from_dict(tiny_config())
+    model = Seq2Seq(len(data.src_vocab), len(data.tgt_vocab), cfg.model)
+    save_checkpoint(model_bundle(cfg, model, data, step=7, best_valid_ppl=12.5),
+                    tmp_path / "b.pt")
+    b = load_bundle(tmp_path / "b.pt", CPU)
+    assert (b.config, b.max_len, b.step, b.best_valid_ppl) == (cfg, data.max_len, 7, 12.5)
+    assert (b.src_vocab, b.tgt_vocab) == (data.src_vocab, data.tgt_vocab)
+    assert b.tgt_tokenizer.to_dict() == data.tokenizer("tgt").to_dict()
+    assert not b.model.training
+    for name, weight in model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[name], weight), name
+    with pytest.raises(CheckpointError, match="b.pt: lacks optimizer, scaler, data_stream, "
+                                              r"rng, elapsed \(not a training checkpoint\)"):
+        load_checkpoint(tmp_path / "b.pt", training=True)
+
+
+def test_a_training_checkpoint_adds_what_resuming_needs(trained_run):
+    header = {"format", "version"}
+    assert load_checkpoint(trained_run / "best.pt").keys() == {*BUNDLE_KEYS, *header}
+    last = load_checkpoint(trained_run / "last.pt", training=True)
+    assert last.keys() == {*BUNDLE_KEYS, *TRAINING_KEYS, *header}
+    assert last["data_stream"].keys() == {"epoch", "batch"}
+
+
+def test_an_unknown_version_is_refused_naming_the_file(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "best.pt")
+    torch.save({**state, "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match=r"future.pt: checkpoint version 99 \(this "
+                                              r"seq2seq reads versions 1, 2\)"):
+        load_checkpoint(tmp_path / "future.pt")
+
+
+def test_ensemble_needs_same_tokenizers(trained_run, tmp_path):
+    state = load_checkpoint(trained_run / "best.pt")
+    state["tokenizer"]["tgt"]["lowercase"] = not state["tokenizer"]["tgt"]["lowercase"]
+    save_checkpoint(state, tmp_path / "lower.pt")
+    paths = [trained_run / "best.pt", tmp_path / "lower.pt"]
+    with pytest.raises(CheckpointError, match=r"lower.pt: its tokenizer differs from "
+                                              r".*best.pt's; an ensemble needs models"):
+        check_ensemble([load_bundle(p, CPU) for p in paths], paths)
+
+
+def test_resume_check_names_the_changed_key_and_allows_resumable_ones(trained_run, data_dir):
+    path = trained_run / "last.pt"
+    state = load_checkpoint(path, training=True)
+    saved = config_from_dict(state["config"])
+    data = DataDir(data_dir)
+    check_resumable(state, config_from_dict(tiny_config(optim={"max_steps": 500})), data, path)
+    bigger = tiny_config(model={"hidden_size": 48}, optim={"max_steps": 120},
+                         train={"valid_every": 60})
+    with pytest.raises(ConfigError, match="last.pt: this run was started with "
+                                          "model.hidden_size=32, now 48"):
+        check_resumable(state, config_from_dict(bigger), data, path)
+    state["tgt_vocab"] = state["tgt_vocab"][:-1] + ["zzz"]
+    with pytest.raises(DataError, match="last.pt: was trained on data with other vocab"):
+        check_resumable(state, saved, data, path)
+
+
+def test_version_1_checkpoints_still_translate_and_resume_exactly(data_dir, tmp_path):
+    def run(steps, out):
+        cfg = tiny_config(optim={"max_steps": steps}, model={"dropout": 0.1},
+                          train={"valid_every": 4})
+        Trainer(config_from_dict(cfg), data_dir, out).train()
+
+    run(8, tmp_path / "whole")
+    run(4, tmp_path / "old")
+    for name in ("last.pt", "best.pt"):  # as version 1 wrote them
+        state = load_checkpoint(tmp_path / "old" / name)
+        if "data_stream" in state:
+            state["position"] = {"step": state["step"], **state.pop("data_stream")}
+            del state["elapsed"]  # absent before 2026-12
+        torch.save({**state, "format": FORMAT, "version": 1}, tmp_path / "old" / name)
+    Translator.load(tmp_path / "old" / "best.pt", device="cpu")
+    run(8, tmp_path / "old")
+    whole, resumed = (load_checkpoint(tmp_path / d / "last.pt") for d in ("whole", "old"))
+    assert resumed["version"] == 2 and resumed["step"] == 8
+    for name, weight in whole["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name
+

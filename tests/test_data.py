@@ -1,138 +1,19 @@
-import gzip
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+import torch
 
-from seq2seq.data import DataDir, make_batches, prepare, source_batch, target_batch
+from seq2seq.config import BatchingConfig
+from seq2seq.data import (
+    Batch,
+    BatchStream,
+    DataDir,
+    collate,
+    make_batches,
+    source_batch,
+    target_batch,
+)
 from seq2seq.errors import DataError
-from seq2seq.text import Tokenizer
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID
-
-
-def test_prepared_ids_are_the_tokenized_corpus(corpus, data_dir):
-    data = DataDir(data_dir)
-    train = data.split("train")
-    src_lines = corpus["train_src"].read_text().splitlines()
-    tgt_lines = corpus["train_tgt"].read_text().splitlines()
-    assert len(train) == len(src_lines) == 1500
-    tok_en, tok_fr = Tokenizer("moses", "en"), Tokenizer("moses", "fr")
-    for i in (0, 7, 1499):
-        assert data.src_vocab.decode(train.src[i]) == [
-            w if w in data.src_vocab.index else "<unk>" for w in tok_en.tokenize(src_lines[i])]
-        assert data.tgt_vocab.decode(train.tgt[i]) == [
-            w if w in data.tgt_vocab.index else "<unk>" for w in tok_fr.tokenize(tgt_lines[i])]
-    assert len(data.src_vocab) <= 2004 and len(data.tgt_vocab) == 2004
-    meta = json.loads((data_dir / "meta.json").read_text())
-    assert meta["train"]["kept"] == 1500 and meta["valid"]["kept"] == 100
-
-
-def test_vocabulary_keeps_the_most_frequent_words(data_dir):
-    data = DataDir(data_dir)
-    counts = np.bincount(np.asarray(data.split("train").tgt.ids), minlength=len(data.tgt_vocab))
-    # Ids are assigned by decreasing frequency after the 4 specials.
-    assert all(counts[4:-1] >= counts[5:])
-
-
-def test_long_and_empty_pairs_are_dropped_and_counted(tmp_path):
-    src = tmp_path / "a.en"
-    tgt = tmp_path / "a.fr"
-    src.write_text("one two\n" + "w " * 9 + "\nthree\n \n")
-    tgt.write_text("un deux\ncourt\n" + "m " * 9 + "\nvide\n")
-    meta = prepare(src, tgt, src, tgt, tmp_path / "d", max_len=5, tokenizer="space",
-                   log=lambda _: None)
-    assert meta["train"] == {"pairs": 4, "kept": 1, "too_long": 2, "empty": 1}
-
-
-def test_prepare_reads_gzip_and_workers_give_identical_output(corpus, tmp_path):
-    gz = {}
-    for key in ("train_src", "train_tgt"):
-        gz[key] = tmp_path / (corpus[key].name + ".gz")
-        gz[key].write_bytes(gzip.compress(corpus[key].read_bytes()))
-    args = (corpus["valid_src"], corpus["valid_tgt"])
-    prepare(gz["train_src"], gz["train_tgt"], *args, tmp_path / "one", log=lambda _: None)
-    prepare(corpus["train_src"], corpus["train_tgt"], *args, tmp_path / "two", workers=2,
-            log=lambda _: None)
-    for name in ("vocab.src", "vocab.tgt", "train.src.ids", "train.tgt.offsets",
-                 "valid.tgt.ids"):
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
-
-
-def test_sentencepiece_tokenizer_roundtrip(corpus, tmp_path):
-    prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"], corpus["valid_tgt"],
-            tmp_path / "sp", src_vocab=300, tgt_vocab=300, tokenizer="sentencepiece",
-            log=lambda _: None)
-    data = DataDir(tmp_path / "sp")
-    tok = data.tokenizer("tgt")
-    line = corpus["valid_tgt"].read_text().splitlines()[3]
-    assert tok.detokenize(tok.tokenize(line)) == " ".join(line.split())
-    assert len(data.tgt_vocab) <= 304
-
-
-@pytest.mark.parametrize("problem", ["line_counts", "empty", "utf8"])
-def test_bad_corpus_raises_and_writes_nothing(tmp_path, problem):
-    src, tgt = tmp_path / "x.en", tmp_path / "x.fr"
-    src.write_text("a b\nc d\n")
-    tgt.write_text("e f\ng h\n")
-    if problem == "line_counts":
-        tgt.write_text("e f\n")
-        match = "x.en has 2 lines but .*x.fr has 1"
-    elif problem == "empty":
-        src.write_text("")
-        tgt.write_text("")
-        match = "empty corpus"
-    else:
-        tgt.write_bytes(b"e f\ng \xff h\n")
-        match = r"x.fr line 2: invalid UTF-8 \(byte 0xff at column 3\)"
-    with pytest.raises(DataError, match=match):
-        prepare(src, tgt, src, tgt, tmp_path / "out", log=lambda _: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.en", "x.fr"]
-
-
-def test_existing_output_is_kept_without_force(corpus, data_dir):
-    before = (data_dir / "meta.json").read_text()
-    with pytest.raises(DataError, match="already exists"):
-        prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"],
-                corpus["valid_tgt"], data_dir, log=lambda _: None)
-    assert (data_dir / "meta.json").read_text() == before
-
-
-def test_force_replaces_only_a_data_directory_that_holds_no_input(tmp_path, monkeypatch):
-    (tmp_path / "x.en").write_text("a b\nc d\n")
-    (tmp_path / "x.fr").write_text("e f\ng h\n")
-    (tmp_path / "notes.txt").write_text("keep me")
-    src, tgt = tmp_path / "x.en", tmp_path / "x.fr"
-
-    def prep(out, src=src, tgt=tgt):
-        prepare(src, tgt, src, tgt, out, tokenizer="space", force=True, log=lambda _: None)
-
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match="not a data directory"):
-        prep(tmp_path)  # the folder of the corpora: `--out . --force`
-    (tmp_path / "meta.json").write_text("{}")  # even if it looks like one
-    with pytest.raises(DataError, match="current directory"):
-        prep(Path("."))
-    (tmp_path / "meta.json").unlink()
-    with pytest.raises(DataError, match="not a data directory"):
-        prep(tmp_path / "notes.txt")
-    prep(tmp_path / "data")
-    made = (tmp_path / "data" / "meta.json").read_text()
-    (tmp_path / "data" / "raw.en").write_text("a b\nc d\n")  # the corpus inside the target
-    with pytest.raises(DataError, match="holds the input"):
-        prep(tmp_path / "data", src=tmp_path / "data" / "raw.en")
-    assert (tmp_path / "data" / "raw.en").exists()
-    (tmp_path / "data" / "raw.en").unlink()
-    prep(tmp_path / "data")  # a data directory of ours is replaced
-    assert (tmp_path / "data" / "meta.json").read_text() == made
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "notes.txt", "x.en", "x.fr"]
-
-
-def test_prepare_out_under_a_file_is_a_clear_error(tmp_path):
-    (tmp_path / "x.en").write_text("a b\n")
-    with pytest.raises(DataError, match="cannot create the data directory"):
-        prepare(tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en",
-                tmp_path / "x.en" / "data", tokenizer="space", log=lambda _: None)
 
 
 def test_truncated_binary_is_detected(data_dir, tmp_path):
@@ -191,10 +72,52 @@ def test_source_and_target_batches():
     assert tgt_in.tolist() == [[BOS_ID]] and tgt_out.tolist() == [[EOS_ID]]
 
 
-def test_sentencepiece_vocab_smaller_than_the_alphabet(tmp_path):
-    (tmp_path / "x.en").write_text("abcdefghij klmnop\nqrstuvwxyz\n" * 20)
-    with pytest.raises(DataError, match="SentencePiece could not train a 5-piece vocabulary"):
-        prepare(tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en",
-                tmp_path / "out", tokenizer="sentencepiece", src_vocab=5, tgt_vocab=5,
-                log=lambda _: None)
-    assert not (tmp_path / "out").exists()
+def _stream(data_dir, batch_size=100, world=1) -> BatchStream:
+    return BatchStream(DataDir(data_dir).split("train"), BatchingConfig(batch_size=batch_size),
+                       seed=3, reverse_source=True, world=world)
+
+
+def _assert_same(a: Batch, b: Batch) -> None:
+    assert all(torch.equal(x, y) for x, y in zip(vars(a).values(), vars(b).values()))
+
+
+def test_stream_gives_the_batches_of_make_batches_epoch_after_epoch(data_dir):
+    stream, corpus = _stream(data_dir), DataDir(data_dir).split("train")
+    for epoch in (0, 1):
+        expected = make_batches(corpus.src.lengths, corpus.tgt.lengths, batch_size=100,
+                                max_tokens=None, pool_batches=100, seed=3, epoch=epoch)
+        assert len(expected) == 15  # 1,500 pairs
+        for i, indices in enumerate(expected):
+            assert stream.epoch == pytest.approx(epoch + i / 15)
+            _assert_same(next(stream), collate(corpus, indices, reverse_source=True))
+    # At the end of an epoch the position stays there until the next batch is asked for.
+    assert stream.epoch == 2.0 and stream.state_dict() == {"epoch": 1, "batch": 15}
+    next(stream)
+    assert stream.state_dict() == {"epoch": 2, "batch": 1}
+
+
+@pytest.mark.parametrize("stop", [7, 15, 16])  # mid-epoch, at its end, just after
+def test_a_restored_stream_continues_as_an_uninterrupted_one(data_dir, stop):
+    whole = _stream(data_dir)
+    expected = [next(whole) for _ in range(25)]
+    first = _stream(data_dir)
+    for _ in range(stop):
+        next(first)
+    resumed = _stream(data_dir)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.epoch == first.epoch
+    for want in expected[stop:]:
+        _assert_same(next(resumed), want)
+
+
+def test_stream_drops_batches_smaller_than_the_world_and_shards_the_rest(data_dir):
+    sizes = [len(b) for b in _stream(data_dir, batch_size=7).epoch_batches(0)]
+    assert sorted(sizes)[:2] == [2, 7]  # 1,500 = 214 x 7 + 2
+    batches = _stream(data_dir, batch_size=7, world=3).epoch_batches(0)
+    assert len(batches) == len(sizes) - 1 and min(len(b) for b in batches) == 7
+    batch = next(_stream(data_dir, batch_size=7, world=3))
+    shards = [batch.shard(rank, 3) for rank in range(3)]
+    assert [s.size for s in shards] == [2, 2, 3]
+    _assert_same(Batch(*(torch.cat(t) for t in zip(*(vars(s).values() for s in shards)))),
+                 batch)
+

@@ -100,7 +100,7 @@ t = Translator.load(sys.argv[1], device="cpu")
 t.translate(["Tom is here.", "Where is the station?"], beam=3)
 cfg = config_from_dict({"model": {"embed_dim": 8, "hidden_size": 8, "num_layers": 1},
                         "optim": {"max_steps": 3}, "train": {"threads": 1, "valid_every": 3}})
-Trainer(cfg, sys.argv[2], sys.argv[3], log=lambda _: None).train()
+Trainer(cfg, sys.argv[2], sys.argv[3]).train()
 buckets = analysis.bleu_by_bucket([1, 2], ["a b", "c"], ["a b", "d"], [(1, 2), (2, 3)])
 analysis.plot_buckets(buckets, "length", "BLEU", pathlib.Path(sys.argv[3]) / "plot")
 if sys.argv[4] == "setup":

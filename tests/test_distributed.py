@@ -64,7 +64,7 @@ def test_two_ranks_agree_with_one_process_on_the_same_global_batches(data_dir, t
     assert min(sizes) >= 2 and len(sizes) >= steps
     cfg_path = _write_config(tmp_path / "cfg.yaml", cfg)
 
-    single = Trainer(c, data_dir, tmp_path / "single", log=lambda _: None)
+    single = Trainer(c, data_dir, tmp_path / "single")
     single.train()
 
     ddp = tmp_path / "ddp"

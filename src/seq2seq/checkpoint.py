@@ -1,9 +1,27 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+"""The checkpoint format, in one place: what a file holds, how it is written and read.
 
-A checkpoint is a dict of tensors and plain values (`torch.load(weights_only=True)` reads
-it) that carries everything needed to use the model: the config, both vocabularies, the
-tokenizer settings (with any SentencePiece model), and the reversal flag inside the config.
-Training checkpoints (`last.pt`) also carry the optimizer, schedule, RNG and data position.
+A *model bundle* (`best.pt`) carries everything needed to use the model:
+
+    config                 the run's config, `Config.to_dict()` (the reversal flag is in it)
+    model                  the Seq2Seq's state_dict
+    src_vocab, tgt_vocab   the vocabularies' words, in id order
+    tokenizer              {"src": settings, "tgt": settings}, `Tokenizer.to_dict()` (with
+                           any SentencePiece model)
+    max_len                the longest sentence, in tokens, the data was prepared with
+    step                   updates done
+    best_valid_ppl         the best validation perplexity so far
+
+A *training checkpoint* (`last.pt`) adds what resuming needs:
+
+    optimizer, scaler      their state_dicts
+    data_stream            `BatchStream.state_dict()`: the position in the training data
+    rng                    the RNG states of every rank, rank r's at index r
+    elapsed                wall seconds of training so far
+
+Both are dicts of tensors and plain values, tagged with `format` and `version`, written
+atomically and read with `torch.load(weights_only=True)`, which unpickles no code.
+Version 1 files (the data position in `position` = {step, epoch, batch}) are read as the
+current version.
 """
 
 from __future__ import annotations
@@ -11,16 +29,58 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seq2seq.errors import CheckpointError
+from seq2seq.config import Config, config_from_dict
+from seq2seq.data import DataDir
+from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.model import Seq2Seq
+from seq2seq.text import Tokenizer
+from seq2seq.vocab import Vocabulary
 
 FORMAT = "seq2seq-checkpoint"
-VERSION = 1
-REQUIRED = ("config", "model", "src_vocab", "tgt_vocab", "tokenizer", "max_len")
+VERSION = 2
+READS = (1, 2)  # the versions load_checkpoint reads
+BUNDLE_KEYS = ("config", "model", "src_vocab", "tgt_vocab", "tokenizer", "max_len", "step",
+               "best_valid_ppl")
+TRAINING_KEYS = ("optimizer", "scaler", "data_stream", "rng", "elapsed")
+
+# Config keys that may change between a run and its resumption (they do not change the
+# result of the steps already taken).
+RESUMABLE_CHANGES = {
+    "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
+    "train.checkpoint_every", "train.threads", "train.device", "train.trim_every",
+    "train.nonfinite",
+}
+
+
+# --------------------------------------------------------------------------- building
+
+
+def model_bundle(config: Config, model: Seq2Seq, data: DataDir, step: int,
+                 best_valid_ppl: float) -> dict[str, Any]:
+    """The model bundle of `model`, trained with `config` on the data directory `data`."""
+    return {
+        "config": config.to_dict(), "model": model.state_dict(),
+        "src_vocab": data.src_vocab.words, "tgt_vocab": data.tgt_vocab.words,
+        "tokenizer": {side: data.tokenizer(side).to_dict() for side in ("src", "tgt")},
+        "max_len": data.max_len, "step": step, "best_valid_ppl": best_valid_ppl,
+    }
+
+
+def training_checkpoint(bundle: dict[str, Any], *, optimizer: dict, scaler: dict,
+                        data_stream: dict[str, int], rng: list[dict[str, Any]],
+                        elapsed: float) -> dict[str, Any]:
+    """A model bundle plus what resuming needs (the keys of TRAINING_KEYS)."""
+    return {**bundle, "optimizer": optimizer, "scaler": scaler, "data_stream": data_stream,
+            "rng": rng, "elapsed": elapsed}
+
+
+# --------------------------------------------------------------------------- files
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -32,7 +92,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            torch.save({**state, "format": FORMAT, "version": VERSION}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,8 +120,13 @@ def _disk_full(path: Path) -> bool:
         return False
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; CheckpointError if it is anything else."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    training: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, in the current version's layout.
+
+    CheckpointError if it is anything else, or lacks a key of a model bundle (or, with
+    `training`, of a training checkpoint).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -74,11 +139,105 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a seq2seq checkpoint")
-    if state.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {state.get('version')} (this seq2seq reads {VERSION})"
-        )
-    missing = [k for k in REQUIRED if k not in state]
+    if state.get("version") not in READS:
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')} (this "
+                              f"seq2seq reads versions {', '.join(map(str, READS))})")
+    if state["version"] == 1:
+        _upgrade_from_v1(state)
+    wanted = BUNDLE_KEYS + (TRAINING_KEYS if training else ())
+    missing = [k for k in wanted if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+        what = "a training checkpoint" if training else "a model checkpoint"
+        raise CheckpointError(f"{path}: lacks {', '.join(missing)} (not {what})")
     return state
+
+
+def _upgrade_from_v1(state: dict[str, Any]) -> None:
+    """Version 1 -> 2, in place: `position` {step, epoch, batch} became `data_stream`
+    {epoch, batch} (the step is the bundle's); `elapsed` was absent before 2026-12."""
+    if "position" in state:
+        position = state.pop("position")
+        state["data_stream"] = {"epoch": position["epoch"], "batch": position["batch"]}
+        state.setdefault("elapsed", 0.0)
+    state["version"] = VERSION
+
+
+# --------------------------------------------------------------------------- using
+
+
+@dataclass
+class ModelBundle:
+    """A model bundle read back: the model, in eval mode, and what it was trained with."""
+
+    model: Seq2Seq
+    config: Config
+    src_vocab: Vocabulary
+    tgt_vocab: Vocabulary
+    src_tokenizer: Tokenizer
+    tgt_tokenizer: Tokenizer
+    max_len: int
+    step: int
+    best_valid_ppl: float
+
+
+def load_bundle(path: str | Path, device: torch.device) -> ModelBundle:
+    """The model bundle of checkpoint `path`, its model on `device`; CheckpointError naming
+    the file if its weights or tokenizer settings are damaged."""
+    state = load_checkpoint(path, map_location=device)
+    cfg = config_from_dict(state["config"], where=f"{path} (config)")
+    model = Seq2Seq(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model: {str(err)[:200]}") from None
+    try:
+        tokenizers = [Tokenizer.from_dict(state["tokenizer"][side]) for side in ("src", "tgt")]
+    except (DataError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: its tokenizer settings are damaged: {err}") from None
+    return ModelBundle(
+        model.to(device).eval(), cfg, Vocabulary(state["src_vocab"]),
+        Vocabulary(state["tgt_vocab"]), *tokenizers, state["max_len"], state["step"],
+        state["best_valid_ppl"],
+    )
+
+
+def check_ensemble(bundles: list[ModelBundle], paths: list[str | Path]) -> None:
+    """Models decode together only with the same vocabularies and tokenizers: CheckpointError
+    naming the first checkpoint (of `paths`, one per bundle) that differs from the first."""
+    first = bundles[0]
+    for path, b in zip(paths[1:], bundles[1:]):
+        for what, mine, theirs in (
+            ("src vocab", b.src_vocab, first.src_vocab),
+            ("tgt vocab", b.tgt_vocab, first.tgt_vocab),
+            ("tokenizer", [b.src_tokenizer.to_dict(), b.tgt_tokenizer.to_dict()],
+             [first.src_tokenizer.to_dict(), first.tgt_tokenizer.to_dict()]),
+        ):
+            if mine != theirs:
+                raise CheckpointError(
+                    f"{path}: its {what} differs from {paths[0]}'s; an ensemble needs "
+                    "models trained on the same prepared data")
+
+
+def check_resumable(state: dict[str, Any], config: Config, data: DataDir, path: Path) -> None:
+    """Resume the training checkpoint `state` (read from `path`) with `config` on `data` only
+    if the config is the same but for RESUMABLE_CHANGES (ConfigError naming the first other
+    key that changed) and the vocabularies are the same (DataError)."""
+    before = _flat(config_from_dict(state["config"]).to_dict())
+    now = _flat(config.to_dict())
+    changed = [k for k in now if now[k] != before.get(k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        k = changed[0]
+        raise ConfigError(
+            f"{path}: this run was started with {k}={before.get(k)!r}, now {now[k]!r}; "
+            "resume with the same config, or train into a new --out directory"
+        )
+    if state["src_vocab"] != data.src_vocab.words or state["tgt_vocab"] != data.tgt_vocab.words:
+        raise DataError(f"{path}: was trained on data with other vocabularies than {data.path}")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.7}} -> {"optim.lr": 0.7}"""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out

@@ -215,7 +215,7 @@ def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: boo
 
 
 def cmd_prepare(args) -> None:
-    from seq2seq.data import prepare
+    from seq2seq.prepare import prepare
 
     _check_positive(args, "src_vocab", "tgt_vocab", "max_len", "workers")
     prepare(
@@ -223,7 +223,6 @@ def cmd_prepare(args) -> None:
         src_vocab=args.src_vocab, tgt_vocab=args.tgt_vocab, tokenizer=args.tokenizer,
         lowercase=args.lowercase, max_len=args.max_len, src_lang=args.src_lang,
         tgt_lang=args.tgt_lang, workers=args.workers, force=args.force,
-        log=lambda msg: print(msg, file=sys.stderr),
     )
 
 

@@ -14,12 +14,13 @@ averages the gradients; only rank 0 writes files.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,15 @@ import torch.distributed as dist
 import yaml
 from tqdm import tqdm
 
-from seq2seq.checkpoint import load_checkpoint, save_checkpoint
-from seq2seq.config import Config, OptimConfig, config_from_dict
-from seq2seq.data import Batch, DataDir, collate, make_batches
+from seq2seq.checkpoint import (
+    check_resumable,
+    load_checkpoint,
+    model_bundle,
+    save_checkpoint,
+    training_checkpoint,
+)
+from seq2seq.config import Config, OptimConfig
+from seq2seq.data import Batch, BatchStream, DataDir, collate, make_batches
 from seq2seq.device import (
     NO_BF16,
     autocast,
@@ -41,19 +48,13 @@ from seq2seq.device import (
     release_free_memory,
     resolve_device,
 )
-from seq2seq.errors import ConfigError, DataError, TrainingStopped
+from seq2seq.errors import TrainingStopped
 from seq2seq.model import Seq2Seq, count_parameters
 
-# Keys that may change between a run and its resumption (they do not change the result
-# of the steps already taken).
-RESUMABLE_CHANGES = {
-    "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
-    "train.checkpoint_every", "train.threads", "train.device", "train.trim_every",
-    "train.nonfinite",
-}
+log = logging.getLogger(__name__)
 
 
-def _clip_grad_norm(params, max_norm: float) -> float:
+def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
     """Rescale the gradients to L2 norm `max_norm` if it is larger; their norm before.
 
     As torch.nn.utils.clip_grad_norm_, but the gradients are only touched when they are
@@ -76,42 +77,43 @@ def learning_rate(optim: OptimConfig, epoch: float) -> float:
     return optim.lr * optim.decay_factor ** decays
 
 
-@dataclass
-class Position:
-    """Where training is: updates done, and the next batch of which epoch."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0
-
-
 class Trainer:
-    """Trains a Seq2Seq model on a prepared data directory, writing into a run directory."""
+    """Trains a Seq2Seq model on a prepared data directory, writing into a run directory.
 
-    def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path, log=None):
+    `train()` is the run: `_start` (resume from `last.pt`, or begin), `train_next` until
+    the budget is spent (logging, validating and checkpointing on their schedules), then
+    `_finish` (a last validation and checkpoint, unless the last step had them).
+    """
+
+    def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.rank, self.world = _dist_info()
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.device = resolve_device(cfg.train.device)
         self.data = DataDir(data_dir)
-        self.train_set = self.data.split("train")
         self.valid_set = self.data.split("valid")
         torch.manual_seed(cfg.train.seed)
+        # `model` is the bare Seq2Seq: its weights are saved, validated and translated with.
+        # `ddp_model` is what training calls forward on: under torchrun it is
+        # DistributedDataParallel(model), whose backward averages the gradients over the
+        # ranks; in one process it is `model` itself.
         self.model = Seq2Seq(len(self.data.src_vocab), len(self.data.tgt_vocab), cfg.model)
         self.model.to(self.device)
-        self.net = self.model
+        self.ddp_model: torch.nn.Module = self.model
         if self.world > 1:
             # Same initial weights on every rank, but each rank its own dropout masks.
             torch.manual_seed(cfg.train.seed + self.rank)
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model,
+                                                                       device_ids=ids)
+        self.stream = BatchStream(self.data.split("train"), cfg.batching, cfg.train.seed,
+                                  self.model.reverse_source, self.world)
         self.optimizer = _make_optimizer(self.model, cfg.optim)
         self.precision = check_precision(cfg.train.precision, self.device)
         if self.precision != cfg.train.precision:
-            self.log(f"warning: {NO_BF16}")
+            log.warning(NO_BF16)
         self.scaler = grad_scaler(self.device, self.precision)
-        self.pos = Position()
+        self.step = 0  # updates done, skipped batches included
         self.skipped = 0  # batches skipped for a non-finite loss (train.nonfinite=skip)
         self._saved_step: int | None = None  # the step of the last last.pt written
         self.best_valid_ppl = float("inf")
@@ -119,21 +121,15 @@ class Trainer:
         # the last checkpoint is not counted: it is the time of an uninterrupted run).
         self._seconds_before = 0.0
         self._clock = time.perf_counter()
-        self._batches: tuple[int, list[np.ndarray]] | None = None
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the run
 
     def train(self) -> dict[str, Any]:
         """Train until the epoch budget (or max_steps) is spent; returns the last validation."""
-        if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.run_dir.glob(".*.pt.tmp-*"):  # a save cut short by a kill
-                stale.unlink()
-        self._resume_or_start()
-        self._clock = time.perf_counter()
-        total = self._total_steps()
-        bar = tqdm(total=total, initial=self.pos.step, disable=None if self.rank == 0 else True,
-                   unit="step", dynamic_ncols=True, file=sys.stderr)
+        self._start()
+        bar = tqdm(total=self._total_steps(), initial=self.step, unit="step",
+                   disable=None if self.rank == 0 else True, dynamic_ncols=True,
+                   file=sys.stderr)
         window = _Window()
         last_valid: dict[str, Any] = {}
         with _StopSignals() as stop:
@@ -141,15 +137,38 @@ class Trainer:
                 if self._stop_requested(stop.signum):
                     bar.close()
                     self._interrupted(stop.signum)
-                batch = self._next_batch()
-                stats = self.train_step(batch)
+                stats = self.train_next()
                 last_valid = self._after_step(stats, window, bar) or last_valid
         bar.close()
-        if not last_valid:  # resumed a finished run: its last validation, if it was written
-            last_valid = self._logged_validation(self.pos.step)
-        if not last_valid or last_valid.get("step") != self.pos.step:
-            last_valid = self._validate_and_save()
-        return last_valid
+        return self._finish(last_valid)
+
+    def _start(self) -> None:
+        """Resume from the run directory's last.pt if there is one, else begin the run."""
+        last = self.run_dir / "last.pt"
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.run_dir.glob(".*.pt.tmp-*"):  # a save cut short by a kill
+                stale.unlink()
+        if last.exists():
+            self._resume(last)
+        elif self.rank == 0:
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            n = count_parameters(self.model)
+            log.info(f"model: {n['total']:,} parameters ({n['encoder_lstm']:,} encoder "
+                     f"LSTM, {n['decoder_lstm']:,} decoder LSTM); device {self.device}; "
+                     f"{len(self.stream.corpus):,} training pairs; world size {self.world}")
+        self._clock = time.perf_counter()
+
+    def _finished(self) -> bool:
+        if self.cfg.optim.max_steps is not None:
+            return self.step >= self.cfg.optim.max_steps
+        return self.stream.epoch >= self.cfg.optim.epochs
+
+    def _total_steps(self) -> int:
+        if self.cfg.optim.max_steps is not None:
+            return self.cfg.optim.max_steps
+        return math.ceil(self.cfg.optim.epochs * len(self.stream.epoch_batches(0)))
 
     def _after_step(self, stats: dict[str, float], window: _Window, bar) -> dict[str, Any]:
         """Log, validate and checkpoint on their schedules; the validation, if one ran."""
@@ -157,17 +176,26 @@ class Trainer:
         last_valid: dict[str, Any] = {}
         window.add(stats)
         bar.update(1)
-        if self.pos.step % cfg.train.log_every == 0:
-            record = window.flush(self.pos, self._epoch())
+        if self.step % cfg.train.log_every == 0:
+            record = window.flush(self.step, self.stream.epoch)
             record["elapsed_s"] = round(self.elapsed(), 1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
                             tok_s=f"{record['tgt_tok_s']:,.0f}")
             self._write_metrics(record)
-            self.log(_format(record))
-        if self.pos.step % cfg.train.valid_every == 0:
+            log.info(_format(record))
+        if self.step % cfg.train.valid_every == 0:
             last_valid = self._validate_and_save()
-        elif self.pos.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
+        elif self.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
             self.save("last.pt")
+        return last_valid
+
+    def _finish(self, last_valid: dict[str, Any]) -> dict[str, Any]:
+        """The validation of the last step: `last_valid`, the logged one of a finished run
+        resumed, or a new one (which also saves the checkpoints)."""
+        if not last_valid:
+            last_valid = self._logged_validation(self.step)
+        if not last_valid or last_valid.get("step") != self.step:
+            last_valid = self._validate_and_save()
         return last_valid
 
     def _stop_requested(self, signum: int | None) -> bool:
@@ -185,39 +213,32 @@ class Trainer:
         self.save("last.pt")
         name = signal.Signals(signum).name if signum else "a signal on another rank"
         raise TrainingStopped(
-            f"interrupted by {name} at step {self.pos.step}: saved {self.run_dir / 'last.pt'}; "
+            f"interrupted by {name} at step {self.step}: saved {self.run_dir / 'last.pt'}; "
             "run the same command again to resume", exit_code=128 + (signum or 15))
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One update on one global batch: forward, backward, clip, SGD/Adam step."""
-        cfg = self.cfg
-        lr = learning_rate(cfg.optim, self._epoch())
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        local = self._shard(batch)
-        if self.device.type == "cuda":  # page-locked memory lets the copy overlap compute
-            local = local.pin_memory()
-        local = local.to(self.device, non_blocking=True)
-        self.model.train()
-        with autocast(self.device, self.precision):
-            loss, nll = self.net(local.src, local.src_lens, local.tgt_in, local.tgt_out,
-                                 cfg.train.loss_chunk, cfg.optim.label_smoothing)
-        # Mean over the *global* batch's sentences; DDP averages over ranks, so scale back.
-        loss = loss * (self.world / batch.size)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = float("nan")
-        if cfg.optim.clip_norm > 0:
-            grad_norm = _clip_grad_norm(self.model.parameters(), cfg.optim.clip_norm)
+    # ------------------------------------------------------------------ one update
+
+    def train_next(self) -> dict[str, float]:
+        """One update on the stream's next global batch, at the schedule's learning rate
+        for the batch's epoch; the step's statistics (see `train_step`)."""
+        lr = learning_rate(self.cfg.optim, self.stream.epoch)
+        return self.train_step(next(self.stream), lr)
+
+    def train_step(self, batch: Batch, lr: float) -> dict[str, float]:
+        """One update on one global batch at learning rate `lr`.
+
+        The phases are public so that `bench/step_phases.py` times each one of this very
+        code: `set_learning_rate`, `forward`, `backward`, `clip_gradients`, `update`.
+        Returns the global batch's summed NLL, its source and target tokens (</s> counted)
+        and sentences, the lr and the gradient norm before clipping (nan without clipping).
+        """
+        self.set_learning_rate(lr)
+        loss, nll = self.forward(batch)
+        self.backward(loss)
+        grad_norm = self.clip_gradients()
         if not self._finite(loss, grad_norm):
             return self._nonfinite(loss, grad_norm, lr)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.pos.step += 1
-        self.pos.batch += 1
-        if cfg.train.trim_every and self.pos.step % cfg.train.trim_every == 0:
-            release_free_memory(self.device)  # see there: glibc's heap fragments
+        self.update()
         # Report the global batch, not this rank's share of it.
         nll = nll.detach().clone()
         if self.world > 1:
@@ -225,6 +246,47 @@ class Trainer:
         src_tokens, tgt_tokens = batch.num_tokens()
         return {"nll": float(nll), "tgt_tokens": tgt_tokens, "src_tokens": src_tokens,
                 "sentences": batch.size, "lr": lr, "grad_norm": grad_norm}
+
+    def set_learning_rate(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, NLL) of this rank's share of the global `batch`, two scalars on the device.
+
+        The loss is scaled so that its gradient, averaged over the ranks by DDP, is that of
+        the mean loss over the global batch's sentences; the NLL is summed over this rank's
+        target tokens.
+        """
+        local = batch.shard(self.rank, self.world)
+        if self.device.type == "cuda":  # page-locked memory lets the copy overlap compute
+            local = local.pin_memory()
+        local = local.to(self.device, non_blocking=True)
+        self.model.train()
+        with autocast(self.device, self.precision):
+            loss, nll = self.ddp_model(local.src, local.src_lens, local.tgt_in, local.tgt_out,
+                                       self.cfg.train.loss_chunk, self.cfg.optim.label_smoothing)
+        return loss * (self.world / batch.size), nll
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The gradients of `loss`, unscaled (fp16's loss scaling undone) and ready to clip."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+
+    def clip_gradients(self) -> float:
+        """Clip to optim.clip_norm; the norm before (nan when clipping is off)."""
+        if self.cfg.optim.clip_norm == 0:
+            return float("nan")
+        return clip_grad_norm(self.model.parameters(), self.cfg.optim.clip_norm)
+
+    def update(self) -> None:
+        """The optimizer's step on the gradients; counts the update."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.cfg.train.trim_every and self.step % self.cfg.train.trim_every == 0:
+            release_free_memory(self.device)  # see there: glibc's heap fragments
 
     def _finite(self, loss: torch.Tensor, grad_norm: float) -> bool:
         """Whether this update's loss and gradient norm are finite, on every rank. Under
@@ -241,7 +303,7 @@ class Trainer:
 
     def _nonfinite(self, loss: torch.Tensor, grad_norm: float, lr: float) -> dict[str, float]:
         """Stop the run (train.nonfinite=stop), or skip the batch without an update."""
-        what = (f"step {self.pos.step + 1}: loss {float(loss.detach())}, gradient norm "
+        what = (f"step {self.step + 1}: loss {float(loss.detach())}, gradient norm "
                 f"{grad_norm} (not finite)")
         self.optimizer.zero_grad(set_to_none=True)
         if self.cfg.train.nonfinite == "stop":
@@ -251,11 +313,12 @@ class Trainer:
                 f"{what}; stopped before updating the weights; {saved}. Lower optim.lr, or "
                 "set train.nonfinite=skip to skip such batches", exit_code=1)
         self.skipped += 1
-        self.pos.step += 1
-        self.pos.batch += 1
-        self.log(f"warning: {what}; batch skipped ({self.skipped} so far)")
+        self.step += 1
+        log.warning(f"{what}; batch skipped ({self.skipped} so far)")
         return {"nll": 0.0, "tgt_tokens": 0, "src_tokens": 0, "sentences": 0, "lr": lr,
                 "grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ validation
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
@@ -272,85 +335,66 @@ class Trainer:
         return {"valid_nll": total_nll / total_tokens,
                 "valid_ppl": math.exp(min(total_nll / total_tokens, 50.0))}
 
-    def elapsed(self) -> float:
-        """Wall seconds spent training this run so far, resumptions included."""
-        return self._seconds_before + time.perf_counter() - self._clock
-
-    # ------------------------------------------------------------------ data position
-
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        if self._batches is None or self._batches[0] != epoch:
-            b = self.cfg.batching
-            batches = make_batches(
-                self.train_set.src.lengths, self.train_set.tgt.lengths,
-                batch_size=b.batch_size, max_tokens=b.max_tokens, pool_batches=b.pool_batches,
-                seed=self.cfg.train.seed, epoch=epoch,
-            )
-            # Every rank needs at least one sentence of each global batch.
-            self._batches = (epoch, [x for x in batches if len(x) >= self.world])
-        return self._batches[1]
-
-    def _next_batch(self) -> Batch:
-        batches = self._epoch_batches(self.pos.epoch)
-        if self.pos.batch >= len(batches):
-            self.pos.epoch, self.pos.batch = self.pos.epoch + 1, 0
-            batches = self._epoch_batches(self.pos.epoch)
-        return collate(self.train_set, batches[self.pos.batch], self.model.reverse_source)
-
-    def _shard(self, batch: Batch) -> Batch:
-        """This rank's contiguous share of a global batch."""
-        if self.world == 1:
-            return batch
-        n = batch.size
-        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
-        return Batch(*(t[lo:hi] for t in vars(batch).values()))
-
-    def _epoch(self) -> float:
-        """Fractional epoch of the next update."""
-        return self.pos.epoch + self.pos.batch / max(1, len(self._epoch_batches(self.pos.epoch)))
-
-    def _finished(self) -> bool:
-        if self.cfg.optim.max_steps is not None:
-            return self.pos.step >= self.cfg.optim.max_steps
-        batches = self._epoch_batches(self.pos.epoch)
-        return self.pos.epoch + self.pos.batch / max(1, len(batches)) >= self.cfg.optim.epochs
-
-    def _total_steps(self) -> int:
-        if self.cfg.optim.max_steps is not None:
-            return self.cfg.optim.max_steps
-        return math.ceil(self.cfg.optim.epochs * len(self._epoch_batches(0)))
-
     def _valid_batches(self) -> list[np.ndarray]:
         s = self.valid_set
         b = self.cfg.batching
         return make_batches(s.src.lengths, s.tgt.lengths, batch_size=b.batch_size,
                             max_tokens=b.max_tokens, pool_batches=10**9, seed=0, epoch=0)
 
+    def _validate_and_save(self) -> dict[str, Any]:
+        record = {"step": self.step, "epoch": round(self.stream.epoch, 4), **self.validate(),
+                  "peak_rss_mb": round(_peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
+        if not math.isfinite(record["valid_nll"]):
+            raise TrainingStopped(
+                f"step {self.step}: validation loss {record['valid_nll']} (not finite); "
+                "nothing saved at this step. Lower optim.lr", exit_code=1)
+        improved = record["valid_ppl"] < self.best_valid_ppl
+        if improved:
+            self.best_valid_ppl = record["valid_ppl"]
+            self.save("best.pt", training=False)
+        self.save("last.pt")
+        record["best"] = improved
+        self._write_metrics(record)
+        log.info(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
+                 f"{record['valid_ppl']:.2f}" + (" (best)" if improved else "")
+                 + f" | peak RSS {record['peak_rss_mb']:,} MB")
+        return record
+
+    def elapsed(self) -> float:
+        """Wall seconds spent training this run so far, resumptions included."""
+        return self._seconds_before + time.perf_counter() - self._clock
+
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint_state(self, training: bool = True) -> dict[str, Any]:
-        """What a checkpoint holds; `training` adds what resuming needs."""
-        state = {
-            "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-            "src_vocab": self.data.src_vocab.words, "tgt_vocab": self.data.tgt_vocab.words,
-            "tokenizer": {side: self.data.tokenizer(side).to_dict() for side in ("src", "tgt")},
-            "max_len": self.data.max_len, "step": self.pos.step,
-            "best_valid_ppl": self.best_valid_ppl,
-        }
-        if training:
-            state.update(
-                optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                position=vars(self.pos).copy(), rng=self._rng_states(),
-                elapsed=self.elapsed(),
-            )
-        return state
-
     def save(self, name: str, training: bool = True) -> None:
-        state = self.checkpoint_state(training)  # on every rank: it gathers the RNG states
+        """Write the model bundle (`training`: the training checkpoint) to run_dir/name."""
+        state = model_bundle(self.cfg, self.model, self.data, self.step, self.best_valid_ppl)
+        if training:  # on every rank: it gathers the RNG states
+            state = training_checkpoint(
+                state, optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
+                data_stream=self.stream.state_dict(), rng=self._rng_states(),
+                elapsed=self.elapsed())
         if self.rank == 0:
             save_checkpoint(state, self.run_dir / name)
         if training:
-            self._saved_step = self.pos.step
+            self._saved_step = self.step
+
+    def _resume(self, last: Path) -> None:
+        """Continue from the training checkpoint `last`: weights, optimizer, data position,
+        RNG, clock; metric lines written after it are dropped."""
+        state = load_checkpoint(last, map_location=self.device, training=True)
+        check_resumable(state, self.cfg, self.data, last)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.stream.load_state_dict(state["data_stream"])
+        self.step = self._saved_step = state["step"]
+        self.best_valid_ppl = state["best_valid_ppl"]
+        self._seconds_before = float(state["elapsed"])
+        _set_rng_states(state["rng"][self.rank % len(state["rng"])])  # more ranks: reuse
+        if self.rank == 0:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        log.info(f"resumed {last} at step {self.step} (epoch {self.stream.epoch:.4f})")
 
     def _rng_states(self) -> list[dict[str, Any]]:
         """The RNG states of all ranks, rank r's at index r (each draws its own dropout)."""
@@ -362,58 +406,7 @@ class Trainer:
         dist.all_gather_object(states, mine)
         return states
 
-    def _validate_and_save(self) -> dict[str, Any]:
-        record = {"step": self.pos.step, "epoch": round(self._epoch(), 4), **self.validate(),
-                  "peak_rss_mb": round(_peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
-        if not math.isfinite(record["valid_nll"]):
-            raise TrainingStopped(
-                f"step {self.pos.step}: validation loss {record['valid_nll']} (not finite); "
-                "nothing saved at this step. Lower optim.lr", exit_code=1)
-        improved = record["valid_ppl"] < self.best_valid_ppl
-        if improved:
-            self.best_valid_ppl = record["valid_ppl"]
-            self.save("best.pt", training=False)
-        self.save("last.pt")
-        record["best"] = improved
-        self._write_metrics(record)
-        self.log(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
-                 f"{record['valid_ppl']:.2f}" + (" (best)" if improved else "")
-                 + f" | peak RSS {record['peak_rss_mb']:,} MB")
-        return record
-
-    def _resume_or_start(self) -> None:
-        last = self.run_dir / "last.pt"
-        if not last.exists():
-            if self.rank == 0:
-                (self.run_dir / "config.yaml").write_text(
-                    yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-                n = count_parameters(self.model)
-                self.log(f"model: {n['total']:,} parameters ({n['encoder_lstm']:,} encoder "
-                         f"LSTM, {n['decoder_lstm']:,} decoder LSTM); device {self.device}; "
-                         f"{len(self.train_set):,} training pairs; world size {self.world}")
-            return
-        state = load_checkpoint(last, map_location=self.device)
-        _check_same_run(config_from_dict(state["config"]), self.cfg, last)
-        if state["src_vocab"] != self.data.src_vocab.words or \
-                state["tgt_vocab"] != self.data.tgt_vocab.words:
-            raise DataError(f"{last}: was trained on data with other vocabularies than "
-                            f"{self.data.path}")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.pos = Position(**state["position"])
-        self._saved_step = self.pos.step
-        self.best_valid_ppl = state["best_valid_ppl"]
-        self._seconds_before = float(state.get("elapsed", 0.0))  # absent before 2026-12
-        rng = state["rng"][self.rank % len(state["rng"])]  # more ranks than saved: reuse
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        if rng["cuda"]:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if self.rank == 0:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.pos.step)
-        self.log(f"resumed {last} at step {self.pos.step} (epoch {self.pos.epoch}, "
-                 f"batch {self.pos.batch})")
+    # ------------------------------------------------------------------ metrics.jsonl
 
     def _logged_validation(self, step: int) -> dict[str, Any]:
         """The validation record of `step` in metrics.jsonl, or {}. Under DDP always {}:
@@ -467,22 +460,12 @@ def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(model.parameters(), lr=optim.lr, fused=True)
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
-def _check_same_run(saved: Config, current: Config, where: Path) -> None:
-    before, now = _flat(saved.to_dict()), _flat(current.to_dict())
-    changed = [k for k in now if now[k] != before.get(k) and k not in RESUMABLE_CHANGES]
-    if changed:
-        k = changed[0]
-        raise ConfigError(
-            f"{where}: this run was started with {k}={before.get(k)!r}, now {now[k]!r}; "
-            "resume with the same config, or train into a new --out directory"
-        )
+def _set_rng_states(rng: dict[str, Any]) -> None:
+    """Restore this process's RNGs from one rank's entry of `Trainer._rng_states`."""
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -542,11 +525,11 @@ class _Window:
         self.steps += 1
         self.lr, self.grad_norm = s["lr"], s["grad_norm"]
 
-    def flush(self, pos: Position, epoch: float) -> dict[str, Any]:
+    def flush(self, step: int, epoch: float) -> dict[str, Any]:
         elapsed = time.perf_counter() - self.start
         loss = self.nll / max(1, self.tgt)
         record = {
-            "step": pos.step, "epoch": round(epoch, 4), "loss": loss,
+            "step": step, "epoch": round(epoch, 4), "loss": loss,
             "ppl": math.exp(min(loss, 50.0)), "lr": self.lr, "grad_norm": self.grad_norm,
             "tgt_tok_s": self.tgt / elapsed, "src_tgt_tok_s": (self.src + self.tgt) / elapsed,
             "sec_per_step": elapsed / max(1, self.steps),

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seq2seq.checkpoint import load_checkpoint
-from seq2seq.config import config_from_dict
+from seq2seq.checkpoint import check_ensemble, load_bundle
 from seq2seq.data import source_batch
 from seq2seq.device import (
     NO_BF16,
@@ -27,7 +26,7 @@ from seq2seq.device import (
     compute_dtype,
     resolve_device,
 )
-from seq2seq.errors import ArgumentError, CheckpointError, DataError
+from seq2seq.errors import ArgumentError
 from seq2seq.model import Seq2Seq
 from seq2seq.search import (
     Ensemble,
@@ -49,18 +48,6 @@ class Translation:
     text: str
     score: float  # log p(translation </s> | source)
     nbest: list[tuple[str, float]] = field(default_factory=list)  # (text, score), best first
-
-
-def load_model(path: str | Path, device: torch.device) -> tuple[Seq2Seq, dict]:
-    """The model of a checkpoint, in eval mode on `device`, and the checkpoint's metadata."""
-    state = load_checkpoint(path, map_location=device)
-    cfg = config_from_dict(state["config"], where=f"{path} (config)")
-    model = Seq2Seq(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model: {str(err)[:200]}") from None
-    return model.to(device).eval(), state
 
 
 class Translator:
@@ -100,24 +87,12 @@ class Translator:
         """
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         dev = resolve_device(device)
-        loaded = [load_model(p, dev) for p in paths]
-        first = loaded[0][1]
-        for p, (_, state) in zip(paths[1:], loaded[1:]):
-            for key in ("src_vocab", "tgt_vocab", "tokenizer"):
-                if state[key] != first[key]:
-                    raise CheckpointError(
-                        f"{p}: its {key.replace('_', ' ')} differs from {paths[0]}'s; an "
-                        "ensemble needs models trained on the same prepared data"
-                    )
-        try:
-            tokenizers = [Tokenizer.from_dict(first["tokenizer"][side]) for side in ("src", "tgt")]
-        except (DataError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{paths[0]}: its tokenizer settings are damaged: {err}"
-                                  ) from None
+        bundles = [load_bundle(p, dev) for p in paths]
+        check_ensemble(bundles, paths)
+        first = bundles[0]
         return cls(
-            [m for m, _ in loaded], Vocabulary(first["src_vocab"]),
-            Vocabulary(first["tgt_vocab"]), *tokenizers,
-            min(state["max_len"] for _, state in loaded), precision,
+            [b.model for b in bundles], first.src_vocab, first.tgt_vocab, first.src_tokenizer,
+            first.tgt_tokenizer, min(b.max_len for b in bundles), precision,
         )
 
     # ------------------------------------------------------------------ text <-> ids
@@ -129,8 +104,8 @@ class Translator:
         for number, line in enumerate(sentences, start=first_line):
             ids = self.src_vocab.encode(self.src_tokenizer.tokenize(line))
             if len(ids) > self.max_len:
-                log.warning(f"input line {number}: {len(ids)} tokens, truncated to the model's "
-                     f"limit of {self.max_len}")
+                log.warning(f"input line {number}: {len(ids)} tokens, truncated to the "
+                            f"model's limit of {self.max_len}")
                 ids = ids[:self.max_len]
             out.append(ids)
         return out
