@@ -99,7 +99,7 @@ def test_scoring_in_chunks_of_one_sentence_changes_nothing(ensemble, beam, monke
     whole = beam_search(ensemble, SOURCES, beam_size=beam, nbest=beam)
     greedy = greedy_search(ensemble, SOURCES)
     monkeypatch.setattr(search, "CACHE_FLOATS", 1)  # every sentence its own chunk
-    assert search._chunks(len(SOURCES), beam, 12) == [(i, i + 1) for i in range(len(SOURCES))]
+    assert search.cache_ranges(len(SOURCES), beam, 12) == [(i, i + 1) for i in range(len(SOURCES))]
     chunked = beam_search(ensemble, SOURCES, beam_size=beam, nbest=beam)
     for a, b in zip(chunked, whole):  # matmuls of fewer rows may round differently
         assert [h.tokens for h in a] == [h.tokens for h in b]

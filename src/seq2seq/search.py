@@ -122,8 +122,9 @@ class Ensemble:
 CACHE_FLOATS = 1 << 22  # 16 MB of float32 (within L3): what one chunk of scores may span
 
 
-def _cache_ranges(n: int, rows_per_item: int, vocab: int) -> list[tuple[int, int]]:
-    """(lo, hi) ranges over n sentences, each spanning about CACHE_FLOATS scores."""
+def cache_ranges(n: int, rows_per_item: int, vocab: int) -> list[tuple[int, int]]:
+    """(lo, hi) ranges over n sentences, each spanning about CACHE_FLOATS scores: the
+    sentences whose next-token scores beam and greedy search compute at once."""
     per = max(1, CACHE_FLOATS // (rows_per_item * vocab))
     return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
 
@@ -151,7 +152,7 @@ def greedy_search(
         hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens
         maxima = [ensemble.top_tokens(hiddens, lo, hi, 1, at_max[lo:hi])
-                  for lo, hi in _cache_ranges(len(alive), 1, ensemble.vocab_size)]
+                  for lo, hi in cache_ranges(len(alive), 1, ensemble.vocab_size)]
         best = torch.cat([v for v, _ in maxima])[:, 0]
         tokens = torch.cat([i for _, i in maxima])[:, 0]
         scores = scores + best
@@ -207,7 +208,7 @@ def beam_search(
         # A sentence's 2k best candidates over (beam x vocab) are among the 2k best of each
         # of its k rows: take those per row, then the best 2k of the k x 2k per sentence.
         tops = []
-        for lo, hi in _cache_ranges(len(alive), k, vocab):
+        for lo, hi in cache_ranges(len(alive), k, vocab):
             logp, token = ensemble.top_tokens(hiddens, lo * k, hi * k, min(2 * k, vocab),
                                               at_max[lo:hi].repeat_interleave(k))  # (rows, c)
             c = logp.shape[1]
