@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seq2seq.data import DataDir
-from seq2seq.errors import DataError
+from seq2seq.errors import ArgumentError, DataError
 from seq2seq.prepare import prepare
 from seq2seq.text import Tokenizer
 
@@ -137,4 +137,22 @@ def test_sentencepiece_vocab_smaller_than_the_alphabet(tmp_path):
     with pytest.raises(DataError, match="SentencePiece could not train a 5-piece vocabulary"):
         prepare(tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en", tmp_path / "x.en",
                 tmp_path / "out", tokenizer="sentencepiece", src_vocab=5, tgt_vocab=5)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, value", [("src_vocab", 0), ("tgt_vocab", -5), ("max_len", 0),
+                                         ("workers", 0)])
+def test_prepare_arguments_are_checked_with_one_message(corpus, tmp_path, capsys, name, value):
+    from seq2seq.cli import main
+
+    message = f"{name} must be an integer >= 1, got {value}"
+    with pytest.raises(ArgumentError, match=message):
+        prepare(corpus["train_src"], corpus["train_tgt"], corpus["valid_src"],
+                corpus["valid_tgt"], tmp_path / "out", **{name: value})
+    flag = f"--{name.replace('_', '-')}"
+    code = main(["prepare", "--train-src", str(corpus["train_src"]), "--train-tgt",
+                 str(corpus["train_tgt"]), "--valid-src", str(corpus["valid_src"]),
+                 "--valid-tgt", str(corpus["valid_tgt"]), "--out", str(tmp_path / "out"),
+                 flag, str(value)])
+    assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -217,7 +217,6 @@ def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: boo
 def cmd_prepare(args) -> None:
     from seq2seq.prepare import prepare
 
-    _check_positive(args, "src_vocab", "tgt_vocab", "max_len", "workers")
     prepare(
         args.train_src, args.train_tgt, args.valid_src, args.valid_tgt, args.out,
         src_vocab=args.src_vocab, tgt_vocab=args.tgt_vocab, tokenizer=args.tokenizer,
@@ -476,7 +475,7 @@ def _load(args):
         check_decoding(args.beam, getattr(args, "nbest", 1), args.batch_size, args.max_len_a,
                        args.max_len_b, args.length_penalty)
     else:
-        _check_positive(args, "batch_size")
+        check_decoding(batch_size=args.batch_size)
     _setup_process("decode", args.device)
     return Translator.load(args.model, device=args.device, precision=args.precision)
 

@@ -36,3 +36,13 @@ class ArgumentError(Seq2SeqError, ValueError):
         super().__init__(message)
         self.argument = argument
 
+
+
+def check_integer(name: str, value, low: int, high: int | None = None, why: str = "") -> None:
+    """ArgumentError naming `name` unless `value` is an integer in low..high (`why` says
+    where a bound comes from). The one range check of the library's integer arguments."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
+            (high is not None and value > high):
+        allowed = (f"in {low}..{high}" if high is not None else f">= {low}") + why
+        raise ArgumentError(f"{name} must be an integer {allowed}, got {value!r}",
+                            argument=name)

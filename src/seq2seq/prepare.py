@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from seq2seq.data import DATA_FORMAT, DATA_FORMAT_VERSION
-from seq2seq.errors import DataError
+from seq2seq.errors import DataError, check_integer
 from seq2seq.text import Tokenizer, read_lines, read_pairs, train_sentencepiece
 from seq2seq.vocab import Vocabulary
 
@@ -139,6 +139,9 @@ def prepare(
     name and renamed); an existing `out` is replaced only with `force`.
     Returns the summary that is also saved in `out/meta.json`.
     """
+    for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab),
+                        ("max_len", max_len), ("workers", workers)):
+        check_integer(name, value, 1)
     out = Path(out)
     if out.exists():
         if not force:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from seq2seq.data import source_batch, target_batch
-from seq2seq.errors import ArgumentError
+from seq2seq.errors import ArgumentError, check_integer
 from seq2seq.model import Seq2Seq, State
 from seq2seq.vocab import BOS_ID, EOS_ID
 
@@ -37,10 +37,10 @@ def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
                    length_penalty: float = 0.0) -> None:
     """ArgumentError naming the first decoding argument outside its range: the one check
     behind `Translator`, the CLI's decoding verbs and the server."""
-    _check_int("beam", beam, 1, MAX_BEAM)
-    _check_int("nbest", nbest, 1, beam, " (at most beam)")
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_len_b", max_len_b, 0)
+    check_integer("beam", beam, 1, MAX_BEAM)
+    check_integer("nbest", nbest, 1, beam, " (at most beam)")
+    check_integer("batch_size", batch_size, 1)
+    check_integer("max_len_b", max_len_b, 0)
     for name, value, high in (("max_len_a", max_len_a, float("inf")),
                               ("length_penalty", length_penalty, MAX_LENGTH_PENALTY)):
         if isinstance(value, bool) or not isinstance(value, int | float) or \
@@ -48,14 +48,6 @@ def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
             bound = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
             raise ArgumentError(f"{name} must be a finite number {bound}, got {value!r}",
                                 argument=name)
-
-
-def _check_int(name: str, value, low: int, high: int | None = None, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or \
-            (high is not None and value > high):
-        allowed = (f"in {low}..{high}" if high is not None else f">= {low}") + why
-        raise ArgumentError(f"{name} must be an integer {allowed}, got {value!r}",
-                            argument=name)
 
 
 def length_norm(n: int | torch.Tensor, alpha: float):
