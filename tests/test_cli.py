@@ -198,3 +198,10 @@ def test_translate_output_into_a_missing_folder_or_a_folder(capsys, tmp_path, tr
 def test_serve_port_out_of_range(capsys, trained_run):
     code, _, err = run(capsys, "serve", "--model", trained_run / "best.pt", "--port", 99999)
     one_line_error(code, err, "--port must be in 1..65535, got 99999")
+
+
+@pytest.mark.parametrize("flag, value", [("--header-timeout", "0"), ("--body-timeout", "nan"),
+                                         ("--body-timeout", "-1")])
+def test_serve_timeouts_must_be_positive(capsys, trained_run, flag, value):
+    code, _, err = run(capsys, "serve", "--model", trained_run / "best.pt", flag, value)
+    one_line_error(code, err, f"{flag} must be a positive number, got {float(value)}")

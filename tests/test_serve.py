@@ -328,3 +328,43 @@ def test_an_abandoned_request_stops_costing_model_calls(trained_run):
         health = httpx.get(f"{url}/health").json()
         # 256 sentences need 4 model calls of 64; the abandoned request stopped early.
         assert health["model_calls"] - 1 < 4 and health["abandoned"] == 1
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)))
+
+
+def _read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response from `sock` (with Content-Length): its head and its body."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response head: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed in the middle of a response body"
+        body += chunk
+    return head, body
+
+
+def test_a_body_that_stops_arriving_is_408_and_the_connection_closed(trained_run):
+    with _guarded_server(trained_run, body_timeout_s=0.5, header_timeout_s=30) as url:
+        sock = _connect(url)
+        body = json.dumps({"sentences": ["Go!"]}).encode()
+        start = time.monotonic()
+        sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:10]))  # then stalls
+        head, detail = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 408")
+        assert b"not received within 0.5 s" in detail
+        assert _closed_by_server(sock, within=2.0)  # at once, not after the 30 s idle timeout
+        assert 0.5 <= time.monotonic() - start < 5
+        sock.close()
+        r = httpx.post(f"{url}/translate", json={"sentences": ["Go!"], "beam": 2}, timeout=30)
+        assert r.status_code == 200

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a connection may take to send a request head, also when "
                         "idle between requests (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the next chunk of a request body; then 408 "
+                        "(default 30)")
     return parser
 
 
@@ -329,9 +332,10 @@ def cmd_serve(args) -> None:
 
     _check_positive(args, "port", "max_batch_sentences", "max_body_bytes", "max_sentences",
                     "max_chars", "max_cost", "max_queue", "max_connections")
-    if not 0 < args.header_timeout < float("inf"):
-        raise Seq2SeqError(f"--header-timeout must be a positive number, got "
-                           f"{args.header_timeout}")
+    for name in ("header_timeout", "body_timeout"):
+        if not 0 < getattr(args, name) < float("inf"):
+            raise Seq2SeqError(f"--{name.replace('_', '-')} must be a positive number, got "
+                               f"{getattr(args, name)}")
     if not 1 <= args.port <= 65535:
         raise Seq2SeqError(f"--port must be in 1..65535, got {args.port}")
     if args.batch_wait_ms < 0:
@@ -340,7 +344,8 @@ def cmd_serve(args) -> None:
     batching = (Batching.off() if args.no_batching
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
     guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-                  max_queued_sentences=args.max_queue, max_cost=args.max_cost)
+                  body_timeout_s=args.body_timeout, max_queued_sentences=args.max_queue,
+                  max_cost=args.max_cost)
     serve(args.model, host=args.host, port=args.port, device=args.device,
           precision=args.precision, limits=limits, batching=batching, guard=guard)
 

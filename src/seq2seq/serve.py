@@ -313,8 +313,14 @@ def _resolve(future: asyncio.Future, result: Any = None,
 # ---------------------------------------------------------------------------- limits
 
 
+# The rest of a refused body is not read: the connection closes after the answer, or a
+# client trickling bytes would hold it with no timer running.
+CLOSE = {"Connection": "close"}
+
+
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before the app parses it.
+    """ASGI middleware: a request body over `max_bytes` gets 413 before the app parses it,
+    one whose next chunk takes over `body_timeout_s` gets 408; both close the connection.
 
     Checks Content-Length up front and counts streamed (chunked) bodies as they arrive.
     """
@@ -337,10 +343,10 @@ class BodyLimit:
                 message = await asyncio.wait_for(receive(), self.body_timeout_s)
             except asyncio.TimeoutError:
                 raise HTTPException(408, f"request body not received within "
-                                         f"{self.body_timeout_s:g} s") from None
+                                         f"{self.body_timeout_s:g} s", CLOSE) from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(413, self.message)
+                raise HTTPException(413, self.message, CLOSE)
             return message
 
         await self.app(scope, counted, send)
