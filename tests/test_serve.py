@@ -368,3 +368,20 @@ def test_a_body_that_stops_arriving_is_408_and_the_connection_closed(trained_run
         sock.close()
         r = httpx.post(f"{url}/translate", json={"sentences": ["Go!"], "beam": 2}, timeout=30)
         assert r.status_code == 200
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_header_timeout(trained_run):
+    """A second request inside the timeout is served on the same connection (it is kept
+    alive); after the last answer, idling for the header timeout closes it."""
+    with _guarded_server(trained_run, header_timeout_s=2.0) as url:
+        sock = _connect(url)
+        for _ in range(2):
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _ = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 200")
+            answered = time.monotonic()
+            time.sleep(1.0)
+        assert not _closed_by_server(sock, within=0.1)
+        assert _closed_by_server(sock, within=5.0)
+        assert 1.9 <= time.monotonic() - answered < 5
+        sock.close()
