@@ -40,6 +40,7 @@ MAX_BEAM = 64
 MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
 DECODE_BATCH = 64  # sentences per model call; abandoned requests are dropped between calls
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is there
+LINGER_S = 2.0  # how long the rest of a refused body is read and dropped before closing
 
 
 @dataclass
@@ -516,8 +517,9 @@ def uvicorn_config(app: FastAPI, **kwargs):
 @functools.cache
 def _guarded_protocol():
     """uvicorn's h11 protocol, plus: connections beyond `max_connections` are closed on
-    arrival, and one that has not sent a whole request head within `header_timeout_s` of
-    connecting (or of its last response) is closed (slow or partial headers)."""
+    arrival, one that has not sent a whole request head within `header_timeout_s` of
+    connecting (or of its last response) is closed (slow or partial headers), and one
+    closed with its request body still arriving lingers (see `_Lingering`)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -531,7 +533,7 @@ def _guarded_protocol():
                 transport.close()
                 self.transport = None
                 return
-            super().connection_made(transport)
+            super().connection_made(_Lingering(transport, self))
             self._arm()
 
         def connection_lost(self, exc) -> None:
@@ -541,6 +543,8 @@ def _guarded_protocol():
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self.transport.lingering:  # the rest of a refused body
+                return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:  # the head arrived
                 self._disarm()
@@ -563,6 +567,32 @@ def _guarded_protocol():
             self._head_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.close()
+
+    class _Lingering:
+        """The connection's transport, except when it is closed while the client is still
+        sending a request body (after a 413 or 408): closing with unread data would reset
+        the connection and the client could lose the answer already sent. So it half-closes
+        instead, the protocol drops what still arrives, and it closes after LINGER_S."""
+
+        def __init__(self, transport, protocol: Guarded):
+            self._transport, self._protocol = transport, protocol
+            self.lingering = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+        def close(self) -> None:
+            if (self.lingering or self._protocol.conn.their_state is not h11.SEND_BODY
+                    or not self._transport.can_write_eof()):
+                self._transport.close()
+                return
+            self.lingering = True
+            self._transport.write_eof()
+            self._transport.resume_reading()
+            self._protocol.loop.call_later(LINGER_S, self._transport.close)
+
+        def is_closing(self) -> bool:
+            return self.lingering or self._transport.is_closing()
 
     return Guarded
 
