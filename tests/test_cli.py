@@ -195,6 +195,38 @@ def test_translate_output_into_a_missing_folder_or_a_folder(capsys, tmp_path, tr
     one_line_error(code, err, message)
 
 
-def test_serve_port_out_of_range(capsys, trained_run):
-    code, _, err = run(capsys, "serve", "--model", trained_run / "best.pt", "--port", 99999)
-    one_line_error(code, err, "--port must be in 1..65535, got 99999")
+@pytest.mark.parametrize("flag, value, api, message", [
+    ("--port", "99999", None, "port must be an integer in 1..65535 (--port), got 99999"),
+    ("--header-timeout", "0", ("Guard", "header_timeout_s", 0.0),
+     "header_timeout_s must be a finite number > 0 (--header-timeout), got 0.0"),
+    ("--body-timeout", "nan", ("Guard", "body_timeout_s", float("nan")),
+     "body_timeout_s must be a finite number > 0 (--body-timeout), got nan"),
+    ("--body-timeout", "-1", ("Guard", "body_timeout_s", -1.0),
+     "body_timeout_s must be a finite number > 0 (--body-timeout), got -1.0"),
+    ("--max-queue", "0", ("Guard", "max_queued_sentences", 0),
+     "max_queued_sentences must be an integer >= 1 (--max-queue), got 0"),
+    ("--max-connections", "-3", ("Guard", "max_connections", -3),
+     "max_connections must be an integer >= 1 (--max-connections), got -3"),
+    ("--max-cost", "0", ("Guard", "max_cost", 0),
+     "max_cost must be an integer >= 1 (--max-cost), got 0"),
+    ("--max-sentences", "0", ("Limits", "max_sentences", 0),
+     "max_sentences must be an integer >= 1 (--max-sentences), got 0"),
+    ("--max-beam", "300", ("Limits", "max_beam", 300),
+     "max_beam must be an integer in 1..256 (--max-beam), got 300"),
+    ("--batch-wait-ms", "-1", ("Batching", "wait_ms", -1.0),
+     "wait_ms must be a finite number >= 0 (--batch-wait-ms), got -1.0"),
+    ("--max-batch-sentences", "0", ("Batching", "max_sentences", 0),
+     "max_sentences must be an integer >= 1 (--max-batch-sentences), got 0"),
+])
+def test_serve_options_are_checked_by_the_library_with_its_words(capsys, trained_run, flag,
+                                                                  value, api, message):
+    import seq2seq.serve as serve
+    from seq2seq.errors import ArgumentError
+
+    code, _, err = run(capsys, "serve", "--model", trained_run / "best.pt", flag, value)
+    one_line_error(code, err, message)
+    if api:
+        cls, field, bad = api
+        with pytest.raises(ArgumentError) as raised:
+            getattr(serve, cls)(**{field: bad})
+        assert str(raised.value) == message

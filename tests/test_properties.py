@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import running
 from seq2seq.analysis import read_nbest
 from seq2seq.config import Config, load_config
 from seq2seq.errors import ConfigError, DataError
-from seq2seq.serve import Batching, Limits, create_app, running
+from seq2seq.serve import Batching, Limits, create_app
 from seq2seq.text import Tokenizer, normalize
 from seq2seq.translator import Translator
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from seq2seq.serve import create_app, running
+from conftest import running
+from seq2seq.serve import create_app
 from seq2seq.translator import Translator
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a connection may take to send a request head, also when "
                         "idle between requests (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds to wait for the next chunk of a request body; then 408 "
+                        "(default 30)")
     return parser
 
 
@@ -329,21 +332,14 @@ def cmd_evaluate(args) -> None:
 def cmd_serve(args) -> None:
     from seq2seq.serve import Batching, Guard, Limits, serve
 
-    _check_positive(args, "port", "max_batch_sentences", "max_body_bytes", "max_sentences",
-                    "max_chars", "max_beam", "max_cost", "max_queue", "max_connections")
-    if not 0 < args.header_timeout < float("inf"):
-        raise Seq2SeqError(f"--header-timeout must be a positive number, got "
-                           f"{args.header_timeout}")
-    if not 1 <= args.port <= 65535:
-        raise Seq2SeqError(f"--port must be in 1..65535, got {args.port}")
-    if args.batch_wait_ms < 0:
-        raise Seq2SeqError(f"--batch-wait-ms must be at least 0, got {args.batch_wait_ms}")
+    # The dataclasses and serve() check their arguments (ArgumentError, naming the option).
     limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars,
                     args.max_beam)
     batching = (Batching.off() if args.no_batching
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
     guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-                  max_queued_sentences=args.max_queue, max_cost=args.max_cost)
+                  body_timeout_s=args.body_timeout, max_queued_sentences=args.max_queue,
+                  max_cost=args.max_cost)
     serve(args.model, host=args.host, port=args.port, device=args.device,
           precision=args.precision, limits=limits, batching=batching, guard=guard)
 
@@ -486,13 +482,6 @@ def _setup_process(workload: str, device: str, threads: int | None = None) -> No
     from seq2seq.device import resolve_device, setup_process
 
     setup_process(workload, resolve_device(device), threads)
-
-
-def _check_positive(args, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise Seq2SeqError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def _input_lines(path: str | None) -> Iterator[str]:

@@ -2,6 +2,8 @@
 server answers 422 with the same message. Warnings (things done otherwise than asked, without
 stopping) go through `logging`, one logger per module."""
 
+import math
+
 
 class Seq2SeqError(Exception):
     """Bad input from the user: the message names what is wrong and where."""
@@ -36,6 +38,19 @@ class ArgumentError(Seq2SeqError, ValueError):
         super().__init__(message)
         self.argument = argument
 
+
+
+def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
+                 above: bool = False, why: str = "") -> None:
+    """ArgumentError naming `name` unless `value` is a finite number in [low, high] (in
+    (low, high] if `above`). The one range check of the library's real-valued arguments."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or \
+            not math.isfinite(value) or not (low < value if above else low <= value) or \
+            value > high:
+        bound = f"{'>' if above else '>='} {low:g}" if math.isinf(high) else \
+            f"in {'(' if above else '['}{low:g}, {high:g}]"
+        raise ArgumentError(f"{name} must be a finite number {bound}{why}, got {value!r}",
+                            argument=name)
 
 
 def check_integer(name: str, value, low: int, high: int | None = None, why: str = "") -> None:

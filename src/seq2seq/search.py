@@ -11,13 +11,12 @@ at that length </s> is the only choice left.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from seq2seq.data import source_batch, target_batch
-from seq2seq.errors import ArgumentError, check_integer
+from seq2seq.errors import check_integer, check_number
 from seq2seq.model import Seq2Seq, State
 from seq2seq.vocab import BOS_ID, EOS_ID
 
@@ -41,13 +40,8 @@ def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
     check_integer("nbest", nbest, 1, beam, " (at most beam)")
     check_integer("batch_size", batch_size, 1)
     check_integer("max_len_b", max_len_b, 0)
-    for name, value, high in (("max_len_a", max_len_a, float("inf")),
-                              ("length_penalty", length_penalty, MAX_LENGTH_PENALTY)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not (0 <= value <= high and math.isfinite(value)):
-            bound = f"in [0, {high:g}]" if math.isfinite(high) else ">= 0"
-            raise ArgumentError(f"{name} must be a finite number {bound}, got {value!r}",
-                                argument=name)
+    check_number("max_len_a", max_len_a)
+    check_number("length_penalty", length_penalty, 0.0, MAX_LENGTH_PENALTY)
 
 
 def length_norm(n: int | torch.Tensor, alpha: float):

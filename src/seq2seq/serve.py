@@ -18,13 +18,10 @@ import asyncio
 import functools
 import json
 import math
-import socket
-import threading
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any
@@ -34,12 +31,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from seq2seq.errors import ArgumentError
-from seq2seq.search import MAX_LENGTH_PENALTY, check_decoding
+from seq2seq.errors import ArgumentError, check_integer, check_number
+from seq2seq.search import MAX_BEAM, MAX_LENGTH_PENALTY, check_decoding
 from seq2seq.translator import Translation, Translator
 
 DECODE_BATCH = 64  # sentences per model call; abandoned requests are dropped between calls
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is there
+LINGER_S = 2.0  # how long the rest of a refused body is read and dropped before closing
+
+
+# The `seq2seq serve` option of each field, named in the field's error message.
+FLAGS = {"max_body_bytes": "--max-body-bytes", "max_sentences": "--max-sentences",
+         "max_chars": "--max-chars", "max_beam": "--max-beam",
+         "max_connections": "--max-connections", "max_queued_sentences": "--max-queue",
+         "max_cost": "--max-cost", "header_timeout_s": "--header-timeout",
+         "body_timeout_s": "--body-timeout", "port": "--port"}
+
+
+def _flag(name: str) -> str:
+    return f" ({FLAGS[name]})"
 
 
 @dataclass
@@ -50,6 +60,11 @@ class Limits:
     max_sentences: int = 256  # per request
     max_chars: int = 1000  # per sentence
     max_beam: int = 64  # this server's own cap, below what `check_decoding` allows
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_sentences", "max_chars"):
+            check_integer(name, getattr(self, name), 1, why=_flag(name))
+        check_integer("max_beam", self.max_beam, 1, MAX_BEAM, _flag("max_beam"))
 
 
 @dataclass
@@ -65,6 +80,12 @@ class Guard:
     # sentences: about the decoder steps x hypotheses one request may cost
     max_cost: int = 1_000_000
 
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_queued_sentences", "max_cost"):
+            check_integer(name, getattr(self, name), 1, why=_flag(name))
+        for name in ("header_timeout_s", "body_timeout_s"):
+            check_number(name, getattr(self, name), above=True, why=_flag(name))
+
 
 @dataclass
 class Batching:
@@ -72,6 +93,10 @@ class Batching:
 
     wait_ms: float = 5.0
     max_sentences: int = 64
+
+    def __post_init__(self) -> None:
+        check_number("wait_ms", self.wait_ms, why=" (--batch-wait-ms)")
+        check_integer("max_sentences", self.max_sentences, 1, why=" (--max-batch-sentences)")
 
     @classmethod
     def off(cls) -> Batching:
@@ -317,8 +342,14 @@ def _resolve(future: asyncio.Future, result: Any = None,
 # ---------------------------------------------------------------------------- limits
 
 
+# The rest of a refused body is not read: the connection closes after the answer, or a
+# client trickling bytes would hold it with no timer running.
+CLOSE = {"Connection": "close"}
+
+
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before the app parses it.
+    """ASGI middleware: a request body over `max_bytes` gets 413 before the app parses it,
+    one whose next chunk takes over `body_timeout_s` gets 408; both close the connection.
 
     Checks Content-Length up front and counts streamed (chunked) bodies as they arrive.
     """
@@ -341,10 +372,10 @@ class BodyLimit:
                 message = await asyncio.wait_for(receive(), self.body_timeout_s)
             except asyncio.TimeoutError:
                 raise HTTPException(408, f"request body not received within "
-                                         f"{self.body_timeout_s:g} s") from None
+                                         f"{self.body_timeout_s:g} s", CLOSE) from None
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise HTTPException(413, self.message)
+                raise HTTPException(413, self.message, CLOSE)
             return message
 
         await self.app(scope, counted, send)
@@ -508,6 +539,7 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: 
 
     from seq2seq.device import resolve_device, setup_process
 
+    check_integer("port", port, 1, 65535, _flag("port"))
     setup_process("decode", resolve_device(device))
     translator = Translator.load(models, device=device, precision=precision)
     app = create_app(translator, limits, batching, [str(m) for m in models], guard)
@@ -529,8 +561,9 @@ def uvicorn_config(app: FastAPI, **kwargs):
 @functools.cache
 def _guarded_protocol():
     """uvicorn's h11 protocol, plus: connections beyond `max_connections` are closed on
-    arrival, and one that has not sent a whole request head within `header_timeout_s` of
-    connecting (or of its last response) is closed (slow or partial headers)."""
+    arrival, one that has not sent a whole request head within `header_timeout_s` of
+    connecting (or of its last response) is closed (slow or partial headers), and one
+    closed with its request body still arriving lingers (see `_Lingering`)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -544,7 +577,7 @@ def _guarded_protocol():
                 transport.close()
                 self.transport = None
                 return
-            super().connection_made(transport)
+            super().connection_made(_Lingering(transport, self))
             self._arm()
 
         def connection_lost(self, exc) -> None:
@@ -554,6 +587,8 @@ def _guarded_protocol():
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self.transport.lingering:  # the rest of a refused body
+                return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:  # the head arrived
                 self._disarm()
@@ -577,36 +612,30 @@ def _guarded_protocol():
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self.transport.close()
 
+    class _Lingering:
+        """The connection's transport, except when it is closed while the client is still
+        sending a request body (after a 413 or 408): closing with unread data would reset
+        the connection and the client could lose the answer already sent. So it half-closes
+        instead, the protocol drops what still arrives, and it closes after LINGER_S."""
+
+        def __init__(self, transport, protocol: Guarded):
+            self._transport, self._protocol = transport, protocol
+            self.lingering = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._transport, name)
+
+        def close(self) -> None:
+            if (self.lingering or self._protocol.conn.their_state is not h11.SEND_BODY
+                    or not self._transport.can_write_eof()):
+                self._transport.close()
+                return
+            self.lingering = True
+            self._transport.write_eof()
+            self._transport.resume_reading()
+            self._protocol.loop.call_later(LINGER_S, self._transport.close)
+
+        def is_closing(self) -> bool:
+            return self.lingering or self._transport.is_closing()
+
     return Guarded
-
-
-@contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-            timeout: float = 30.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on a background thread inside a with-block; yields its URL.
-
-    Port 0 picks a free port. For tests, notebooks and benchmarks; `serve` is the CLI's.
-    """
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        _wait_started(server, thread, timeout)
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        sock.close()
-
-
-def _wait_started(server, thread: threading.Thread, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
