@@ -198,6 +198,47 @@ def decode(translator, sources, refs, beam: int, nbest: int = 1):
                  "seconds": round(seconds, 1), "signature": scores["bleu_signature"]}
 
 
+# Where in a sentence reversal should matter: the target position (in pieces, </s> last).
+POSITION_EDGES = (1, 4, 8, 12, 16, 21, 31, 41, 61, 201)
+
+
+def nll_profile(translator, sources: list[str], refs: list[str]) -> dict[str, list[dict]]:
+    """Test perplexity (per target piece, </s> included) per bucket of source length in
+    words (LENGTH_EDGES) and per target position (POSITION_EDGES), teacher-forced."""
+    import math
+
+    import torch
+
+    from seq2seq.text import Tokenizer
+
+    tok = Tokenizer("moses", "en")
+    words = [len(tok.tokenize(line)) for line in sources]
+    src_ids, tgt_ids = translator.source_ids(sources), translator.target_ids(refs)
+    sums = {"by_length": [[0.0, 0] for _ in LENGTH_EDGES[1:]],
+            "by_position": [[0.0, 0] for _ in POSITION_EDGES[1:]]}
+    order = sorted(range(len(sources)), key=lambda i: len(src_ids[i]))
+    for k in range(0, len(order), 64):
+        rows = order[k:k + 64]
+        with torch.inference_mode():
+            logp = translator.ensemble.token_logprobs([src_ids[i] for i in rows],
+                                                      [tgt_ids[i] for i in rows]).tolist()
+        for i, row in zip(rows, logp):
+            nll = [-x for x in row[:len(tgt_ids[i]) + 1]]  # the pieces and </s>
+            at = next(b for b, hi in enumerate(LENGTH_EDGES[1:]) if words[i] < hi)
+            sums["by_length"][at][0] += sum(nll)
+            sums["by_length"][at][1] += len(nll)
+            for pos, x in enumerate(nll, start=1):
+                b = next(b for b, hi in enumerate(POSITION_EDGES[1:]) if pos < hi)
+                sums["by_position"][b][0] += x
+                sums["by_position"][b][1] += 1
+    out = {}
+    for key, edges in (("by_length", LENGTH_EDGES), ("by_position", POSITION_EDGES)):
+        out[key] = [{"low": lo, "high": hi, "tokens": n,
+                     "ppl": math.exp(total / n) if n else float("nan")}
+                    for (lo, hi), (total, n) in zip(zip(edges[:-1], edges[1:]), sums[key])]
+    return out
+
+
 def task_model(p: Paths, s: Settings, name: str) -> dict:
     """One model: test perplexity, BLEU at beam 1 / 2 / 12, and BLEU by source length and
     by word rarity of its beam-12 translations."""
@@ -223,6 +264,7 @@ def task_model(p: Paths, s: Settings, name: str) -> dict:
     rarity = [float(np.mean([ranks.get(w, unknown) for w in ws])) if ws else 0.0 for ws in words]
     return {
         "run": name, "ppl": perplexity(translator, sources, refs),
+        "ppl_profile": nll_profile(translator, sources, refs),
         "beams": [rows[b] for b in (1, 2, 12)],
         "by_length": [asdict(b) for b in bleu_by_length(
             sources, hyps, refs, ranges=list(zip(LENGTH_EDGES[:-1], LENGTH_EDGES[1:])))],

@@ -227,7 +227,62 @@ def reversal_section(train, models, figures) -> list[str]:
     lines += ["### By source length (Figure 3, left)", "",
               "![BLEU by length](figures/length.png)", "",
               *bucket_table(models, "by_length", "source words"), ""]
+    if all("ppl_profile" in m for ms in models.values() for m in ms):
+        figure_profile(models, figures / "profile")
+        lines += ["### Where reversal acts: perplexity by source length and by target position",
+                  "", "Teacher-forced test perplexity per target piece, on the same test "
+                  "sentences, grouped by the source's length in words and by the target "
+                  "piece's position in its sentence (1 = the first piece). A ratio below 1: "
+                  "the reversed models predict those pieces better.", "",
+                  "![perplexity profile](figures/profile.png)", "",
+                  *profile_table(models, "by_length", "source words"), "",
+                  *profile_table(models, "by_position", "target position"), ""]
     return lines
+
+
+def profile_table(models: dict[str, list[dict]], key: str, what: str) -> list[str]:
+    fwd, rev = models["forward"], models["reversed"]
+    lines = [f"| {what} | target pieces | forward ppl | reversed ppl | reversed / forward |",
+             "|---|---:|---:|---:|---:|"]
+    for i, b in enumerate(fwd[0]["ppl_profile"][key]):
+        if not b["tokens"]:
+            continue
+        f = [m["ppl_profile"][key][i]["ppl"] for m in fwd]
+        r = [m["ppl_profile"][key][i]["ppl"] for m in rev]
+        lines.append(f"| {_label(b)} | {b['tokens']:,} | {spread(f)} | {spread(r)} | "
+                     f"{statistics.mean(r) / statistics.mean(f):.3f} |")
+    return lines
+
+
+def figure_profile(models: dict[str, list[dict]], out: Path) -> None:
+    """Reversed / forward test perplexity per bucket: each reversed seed against the forward
+    seeds' mean, by source length (left) and by target position (right)."""
+    from seq2seq.analysis import figure, save_figure
+
+    fig, axes = figure(1, 2, figsize=(11, 4.2))
+    for ax, key, xlabel in zip(axes, ("by_length", "by_position"),
+                               ("source length (words)", "target position (pieces)")):
+        buckets = [b for b in models["forward"][0]["ppl_profile"][key] if b["tokens"]]
+        keep = [i for i, b in enumerate(models["forward"][0]["ppl_profile"][key])
+                if b["tokens"]]
+        fwd = [statistics.mean(m["ppl_profile"][key][i]["ppl"] for m in models["forward"])
+               for i in keep]
+        for m in models["reversed"]:
+            ax.plot(range(len(keep)), [m["ppl_profile"][key][i]["ppl"] / f
+                                       for i, f in zip(keep, fwd)],
+                    marker="o", label=m["run"])
+        for m in models["forward"]:
+            ax.plot(range(len(keep)), [m["ppl_profile"][key][i]["ppl"] / f
+                                       for i, f in zip(keep, fwd)],
+                    marker="s", linestyle=":", color="grey", alpha=0.7, label=m["run"])
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(keep)))
+        ax.set_xticklabels([_label(b) for b in buckets], fontsize=8)
+        ax.set(xlabel=xlabel, ylabel="test ppl / forward seeds' mean")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Where reversal acts: perplexity relative to the forward models")
+    save_figure(fig, out)
 
 
 def beams_section(r, models) -> list[str]:

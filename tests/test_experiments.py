@@ -68,16 +68,20 @@ def test_paper_quick_runs_every_task_and_writes_a_portable_report(tmp_path):
     assert [b["beam"] for b in model["beams"]] == [1, 2, 12]
     assert sum(b["sentences"] for b in model["by_length"]) == 40
     assert sum(b["sentences"] for b in model["by_rarity"]) == 40
+    profile = model["ppl_profile"]  # the same test tokens, grouped two ways
+    assert sum(b["tokens"] for b in profile["by_length"]) == \
+        sum(b["tokens"] for b in profile["by_position"]) > 40
     train = json.loads((tmp_path / "results" / "train" / "forward-seed1.json").read_text())
     assert "model.reverse_source=false" in train["command"] and train["steps"] == 30
     text = out.read_text()
-    for heading in ("Reversing the source", "By source length", "Training curves",
+    for heading in ("Reversing the source", "By source length", "Where reversal acts",
+                    "Training curves",
                     "Beam size and ensembles", "Rescoring", "word rarity", "Figure 2",
                     "synthetic task", "Commands and wall times"):
         assert heading in text
     # No path of one machine: every path is relative (../../tmp/... for this test's).
     assert not re.findall(r"(?<![.\w])/(?:tmp|work|root|home)/", text)
-    for name in ("curves", "length", "rarity", "pca", "synthetic"):
+    for name in ("curves", "length", "profile", "rarity", "pca", "synthetic"):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0
         assert (tmp_path / "figures" / f"{name}.svg").exists()
     # Done tasks are not run again, and the report comes back the same from the JSON.
