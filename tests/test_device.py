@@ -50,17 +50,19 @@ def test_kernel_cache_is_sized_per_workload_unless_the_user_chose(user, workload
 # 64 MB tensors, each freed before the next. glibc mmaps blocks this large and unmaps them on
 # free, so by default each one is faulted in afresh; once the freed blocks are kept, the heap
 # settles after a few rounds (alignment padding defeats reuse at first) and refills are free.
+REFILL_FAULTS = """
+faults = []
+for _ in range(12):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del x
+"""
 REFILL = """
 import resource, sys, torch
 from seq2seq.device import keep_free_memory
 kept = keep_free_memory(torch.device("cpu")) if sys.argv[1] == "keep" else False
-faults = []
-for _ in range(12):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t = torch.ones(16 * 2**20)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    del t
-print(kept, sum(faults[-3:]))
+""" + REFILL_FAULTS + """print(kept, sum(faults[-3:]))
 """
 
 
@@ -106,12 +108,7 @@ analysis.plot_buckets(buckets, "length", "BLEU", pathlib.Path(sys.argv[3]) / "pl
 if sys.argv[4] == "setup":
     from seq2seq.device import setup_process
     setup_process("decode", torch.device("cpu"), 1)
-faults = []
-for _ in range(12):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    x = torch.ones(16 * 2**20)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    del x
+""" + REFILL_FAULTS + """
 print(json.dumps({"env": dict(os.environ) == env, "threads": torch.get_num_threads(),
                   "pyplot": "matplotlib.pyplot" in sys.modules,
                   "refill_faults": sum(faults[-3:])}))
