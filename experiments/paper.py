@@ -348,10 +348,10 @@ def do_task(p: Paths, s: Settings, name: str) -> None:
 
     from seq2seq.device import setup_process
 
-    # Decoding tasks run here, as `seq2seq evaluate` would; training runs the CLI's child.
-    setup_process("decode", torch.device("cpu"), 1)
     task = {t.name: t for t in plan(s)}[name]
     kind, _, arg = name.partition("/")
+    if kind not in ("train", "synthetic"):  # those run a child that tunes itself
+        setup_process("decode", torch.device("cpu"), 1)  # as `seq2seq evaluate` would
     start = time.perf_counter()
     if kind == "train":
         result = task_train(p, s, arg)

@@ -230,3 +230,41 @@ def test_serve_options_are_checked_by_the_library_with_its_words(capsys, trained
         with pytest.raises(ArgumentError) as raised:
             getattr(serve, cls)(**{field: bad})
         assert str(raised.value) == message
+
+
+def test_train_prints_its_progress_and_validation(capsys, tmp_path, data_dir):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("model: {embed_dim: 16, hidden_size: 16, num_layers: 1}\n"
+                   "optim: {max_steps: 4}\ntrain: {log_every: 2, valid_every: 4, threads: 1}\n")
+    code, out, err = run(capsys, "train", cfg, "--data", data_dir, "--out", tmp_path / "run")
+    assert code == 0 and json.loads(out)["step"] == 4
+    assert err.count("src+tgt tok/s") == 2 and "step 4 | epoch" in err and "valid ppl" in err
+    assert "warning:" not in err
+
+
+@pytest.mark.parametrize("verb", ["train", "prepare", "plot"])
+def test_an_output_folder_that_cannot_be_made_is_a_one_line_error(capsys, tmp_path, data_dir,
+                                                                   trained_run, corpus, verb):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    argv = {
+        "train": ["train", "configs/tatoeba-cpu.yaml", "--data", data_dir, "--out", out,
+                  "optim.max_steps=1", "train.precision=fp32"],
+        "prepare": ["prepare", "--train-src", corpus["train_src"], "--train-tgt",
+                    corpus["train_tgt"], "--valid-src", corpus["valid_src"], "--valid-tgt",
+                    corpus["valid_tgt"], "--out", out],
+        "plot": ["plot", "length", "--model", trained_run / "best.pt", "--src",
+                 corpus["valid_src"], "--ref", corpus["valid_tgt"], "--beam", "1", "--out",
+                 out / "length"],
+    }[verb]
+    code, _, err = run(capsys, *argv)
+    assert code != 0 and len([line for line in err.splitlines() if line.strip()]) == 1, err
+    assert str(blocker) in err and "Traceback" not in err
+
+
+def test_plot_bucket_sizes_are_checked(capsys, trained_run, corpus, tmp_path):
+    code, _, err = run(capsys, "plot", "length", "--model", trained_run / "best.pt", "--src",
+                       corpus["valid_src"], "--ref", corpus["valid_tgt"], "--beam", "1",
+                       "--width", "0", "--out", tmp_path / "x")
+    one_line_error(code, err, "width must be an integer >= 1, got 0")

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from conftest import needs_bf16
 from seq2seq.data import DataDir
@@ -96,6 +97,10 @@ def test_one_string_is_refused_not_split_into_characters(translator):
         translator.score(["abc"], "xyz")
     with pytest.raises(ArgumentError, match="sentences must be a list of strings"):
         translator.translate([1, 2])
+    with pytest.raises(ArgumentError, match="sentences must be a list of strings, not one"):
+        translator.encode("How are you?")
+    with pytest.raises(ArgumentError, match="layers must be 'top' or 'all'"):
+        translator.encode(["How are you?"], layers="middle")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -129,5 +134,6 @@ def test_cli_gives_the_translator_s_message(capsys, trained_run):
 def test_bf16_on_a_cpu_without_it_runs_fp32_with_a_warning(trained_run, caplog):
     t = Translator.load(trained_run / "best.pt", device="cpu", precision="bf16")
     assert t.precision == "fp32"
+    assert {p.dtype for p in t.ensemble.models[0].parameters()} == {torch.float32}
     assert t.translate(["Tom is here."], beam=2)[0].text
     assert "bf16 needs a CPU with AVX-512 BF16 or AMX" in caplog.text

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import sacrebleu
 
-from seq2seq.errors import DataError
+from seq2seq.errors import DataError, check_integer
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import SPECIALS, Vocabulary
 
@@ -82,18 +82,20 @@ def bleu_by_length(
 ) -> list[Bucket]:
     """Figure 3, left: corpus BLEU per bucket of source length in words; `width`-word
     buckets from 1, or the [low, high) `ranges` given."""
+    check_integer("width", width, 1)
     lengths = source_words(sources, lang)
     return bleu_by_bucket(lengths, hyps, refs, ranges or length_buckets(lengths, width))
 
 
 def bleu_by_rarity(
     sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str], tokenizer: Tokenizer,
-    vocab: Vocabulary, count: int = 8,
+    vocab: Vocabulary, buckets: int = 8,
 ) -> list[Bucket]:
     """Figure 3, right: corpus BLEU per bucket of the sources' mean frequency rank (tokens
-    of the model's `tokenizer`, ranked in its source `vocab`), `count` equal-sized buckets."""
+    of the model's `tokenizer`, ranked in its source `vocab`), in `buckets` equal-sized groups."""
+    check_integer("buckets", buckets, 1)
     ranks = [mean_frequency_rank(tokenizer.tokenize(s), vocab) for s in sources]
-    return bleu_by_bucket(ranks, hyps, refs, equal_count_buckets(ranks, count))
+    return bleu_by_bucket(ranks, hyps, refs, equal_count_buckets(ranks, buckets))
 
 
 def mean_frequency_rank(tokens: Sequence[str], vocab: Vocabulary) -> float:

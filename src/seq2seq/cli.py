@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except Seq2SeqError as err:
         print(f"seq2seq {args.verb}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a folder that cannot be written, a full disk, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"seq2seq {args.verb}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", type=int, default=8, metavar="N",
                    help="rarity: number of equal-size buckets (default 8)")
     p.add_argument("--width", type=int, default=5, metavar="N",
-                   help="length: bucket width in tokens (default 5)")
+                   help="length: bucket width in source words (default 5)")
 
     p = verb("serve", "Serve translation over HTTP: a JSON API and a web page.", cmd_serve)
     p.add_argument("--model", action="append", required=True, metavar="CKPT",

@@ -95,7 +95,8 @@ class TrainConfig:
     checkpoint_every: int | None = field(default=None, metadata=at_least(1))
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # intra-op CPU threads; default: what torch picks
+    # intra-op CPU threads (set by the entry point: `seq2seq train`, the benchmarks, via
+    # seq2seq.device.setup_process; a Trainer built from Python leaves them); default: torch's
     threads: int | None = field(default=None, metadata=at_least(1))
     # target positions per chunk of the output softmax
     loss_chunk: int = field(default=4096, metadata=at_least(1))

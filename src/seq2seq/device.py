@@ -123,7 +123,7 @@ def setup_process(workload: str, device: torch.device, threads: int | None = Non
     - oneDNN's kernel cache: KERNEL_CACHE[workload] entries, unless the user set
       ONEDNN_PRIMITIVE_CACHE_CAPACITY. oneDNN reads it when it compiles its first kernel,
       so this must come before any CPU computation; a later call for another workload
-      cannot change it and says so.
+      (the CLI's `main` run twice in one process) keeps the first size.
     - torch's intra-op threads (`threads`; None keeps torch's default); on CUDA the rank's
       GPU, cuDNN's autotuner and TF32 matmuls (`configure`).
     - on the CPU, glibc keeps freed memory for reuse (`keep_free_memory`).
@@ -136,8 +136,8 @@ def setup_process(workload: str, device: torch.device, threads: int | None = Non
             os.environ[KERNEL_CACHE_ENV] = str(KERNEL_CACHE[workload])
         _process_workload = workload
     elif _process_workload != workload and not USER_KERNEL_CACHE:
-        log.warning(f"oneDNN's kernel cache stays sized for {_process_workload} "
-                    f"({KERNEL_CACHE[_process_workload]} kernels): it is read once per process")
+        log.debug(f"oneDNN's kernel cache stays sized for {_process_workload} "
+                  f"({KERNEL_CACHE[_process_workload]} kernels): it is read once per process")
     configure(device, threads)
     keep_free_memory(device)
 

@@ -39,7 +39,6 @@ class ArgumentError(Seq2SeqError, ValueError):
         self.argument = argument
 
 
-
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
                  above: bool = False, why: str = "") -> None:
     """ArgumentError naming `name` unless `value` is a finite number in [low, high] (in

@@ -437,7 +437,10 @@ def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict[str, A
 def init_distributed(device_name: str) -> None:
     """Join the process group that torchrun describes in the environment, if any."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=dist_backend(resolve_device(device_name)))
+        device = resolve_device(device_name)
+        if device.type == "cuda":  # each rank on its own GPU before NCCL sees it
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=dist_backend(device))
 
 
 def _dist_info() -> tuple[int, int]:

@@ -72,7 +72,7 @@ class Translator:
         if self.precision != precision:
             log.warning(NO_BF16)
         for model in models:  # cast once here, not at every decoding step under autocast
-            model.to(compute_dtype(precision))
+            model.to(compute_dtype(self.precision))
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.max_len = max_len
@@ -181,9 +181,11 @@ class Translator:
         concatenated, dim = num_layers * hidden_size.
         """
         if layers not in ("top", "all"):
-            raise ValueError(f"layers must be 'top' or 'all', got {layers!r}")
+            raise ArgumentError(f"layers must be 'top' or 'all', got {layers!r}",
+                                argument="layers")
+        check_decoding(batch_size=batch_size)
         model = self.ensemble.models[0]
-        sources = self.source_ids(sentences)
+        sources = self.source_ids(_sentences(sentences, "sentences"))
         out = np.zeros((len(sources), 0), dtype=np.float32)
         rows = {}
         for idx in _length_batches(sources, batch_size, skip_empty=False):
