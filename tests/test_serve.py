@@ -398,6 +398,44 @@ def test_a_client_that_leaves_stops_its_work_and_the_next_request_is_prompt(trai
     assert health["model_calls"] <= 3  # 1 (or 2) of the first request, 1 of the last
 
 
+class OneSecondPerScoringCall(Translator):
+    """A real translator whose every scoring call takes a second more."""
+
+    def score(self, sources, targets, *args, **kwargs):
+        time.sleep(1.0)
+        return super().score(sources, targets, *args, **kwargs)
+
+
+def test_scoring_counts_in_the_queue_and_stops_when_its_client_leaves(trained_run):
+    """256 pairs (4 model calls of 64) whose client leaves after 0.3 s: while they are
+    scored, 64 more pairs overflow a queue of 300 (503); the abandoned work stops at the next
+    model call, so a one-pair request then waits about a second, not four."""
+    slow = OneSecondPerScoringCall.load(trained_run / "best.pt", device="cpu")
+    app = create_app(slow, Limits(max_sentences=256), guard=Guard(max_queued_sentences=300))
+    pairs = {"sources": ["Go!"] * 256, "targets": ["Va !"] * 256}
+
+    def leave(url: str) -> None:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(f"{url}/score", json=pairs, timeout=0.3)
+
+    with running(app) as url, ThreadPoolExecutor(1) as pool:
+        gone = pool.submit(leave, url)
+        time.sleep(0.1)
+        full = httpx.post(f"{url}/score", json={"sources": ["Go!"] * 64,
+                                                "targets": ["Va !"] * 64}, timeout=30)
+        gone.result()
+        start = time.monotonic()
+        r = httpx.post(f"{url}/score", json={"sources": ["Go!"], "targets": ["Va !"]},
+                       timeout=30)
+        took = time.monotonic() - start
+        health = httpx.get(f"{url}/health").json()
+    assert full.status_code == 503 and full.headers["retry-after"] == "1"
+    assert r.status_code == 200
+    assert r.json()["scores"] == pytest.approx(slow.score(["Go!"], ["Va !"]), abs=1e-4)
+    assert took < 3.5, f"{took:.1f} s"
+    assert health["abandoned"] == 1 and health["model_calls"] <= 3
+
+
 def _connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)))

@@ -197,6 +197,7 @@ class Batcher:
         self.abandoned = 0  # requests whose client left before their answer
         self.model_calls = 0
         self._pending: deque[_Pending] = deque()
+        self._scoring = 0  # pairs of /score requests being scored
         self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seq2seq-model")
         self._worker: asyncio.Task | None = None
@@ -218,7 +219,7 @@ class Batcher:
         QueueFull if that would queue more than `max_queued_sentences`. `gone` (the
         request's `is_disconnected`) is polled while waiting: a client that left has its
         sentences dropped, not decoded (ClientGone)."""
-        if self._queued_sentences() + len(sentences) > self.max_queued_sentences:
+        if self._waiting() + len(sentences) > self.max_queued_sentences:
             raise QueueFull
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(sentences, beam, nbest, length_penalty, future))
@@ -231,8 +232,30 @@ class Batcher:
                 raise ClientGone
         return await future
 
+    async def score(self, sources: list[str], targets: list[str],
+                    gone: Callable[[], Awaitable[bool]] | None = None) -> list[float]:
+        """log p(T|S) of each pair, DECODE_BATCH pairs per model call. As `translate`: its
+        pairs count against `max_queued_sentences` (QueueFull), and a client that left
+        (`gone`) stops the work at the next model call (ClientGone)."""
+        if self._waiting() + len(sources) > self.max_queued_sentences:
+            raise QueueFull
+        self._scoring += len(sources)
+        try:
+            scores: list[float] = []
+            for lo in range(0, len(sources), DECODE_BATCH):
+                if gone is not None and await gone():
+                    self.abandoned += 1
+                    raise ClientGone
+                scores += await self.run_model(self.translator.score,
+                                               sources[lo:lo + DECODE_BATCH],
+                                               targets[lo:lo + DECODE_BATCH])
+                self.model_calls += 1
+            return scores
+        finally:
+            self._scoring -= len(sources)
+
     async def run_model(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(*args)` on the model thread (for calls that are not batched, e.g. score)."""
+        """Run `fn(*args)` on the model thread, one call at a time."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _run(self) -> None:
@@ -265,6 +288,10 @@ class Batcher:
 
     def _queued_sentences(self) -> int:
         return sum(len(p.sentences) for p in self._pending if not p.future.done())
+
+    def _waiting(self) -> int:
+        """Sentences to translate and pairs to score that are not yet answered."""
+        return self._queued_sentences() + self._scoring
 
     def _take(self) -> list[_Pending]:
         """Pending requests, oldest first, up to max_sentences (always at least one);
@@ -477,13 +504,19 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
         return TranslateResponse(translations=[_translation_out(r) for r in results])
 
     @app.post("/score", response_model=ScoreResponse)
-    async def score(req: ScoreRequest) -> ScoreResponse:
+    async def score(req: ScoreRequest, request: Request) -> ScoreResponse:
         check_sentences(req.sources, "sources", limits)
         check_sentences(req.targets, "targets", limits)
         if len(req.sources) != len(req.targets):
             raise _refuse("targets", f"{len(req.targets)} targets for {len(req.sources)} "
                           "sources; they must pair up", "length_mismatch")
-        scores = await batcher.run_model(translator.score, req.sources, req.targets)
+        try:
+            scores = await batcher.score(req.sources, req.targets, request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)
+        except QueueFull:
+            raise HTTPException(503, "the scoring queue is full; retry shortly",
+                                headers={"Retry-After": "1"}) from None
         return ScoreResponse(scores=scores)
 
     @app.get("/health", response_model=Health)
