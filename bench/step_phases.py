@@ -2,13 +2,14 @@
 
 Builds the trainer of `bench/benchmark.yaml` (as `bench/train_speed.py` does), runs
 `--warmup` updates untimed, then times each phase of `--steps` updates on the training
-batches in order. The phases are the trainer's own methods, called in the order
-`Trainer.train_step` calls them (learning-rate schedule and grad scaler included; only its
-non-finite check and its statistics are left out): the batch's copy to the device
-(`forward` up to the model), the encoder's forward, the decoder's LSTM forward, the output
-layer with its loss and gradients (`chunked_loss`), `backward`, `clip_gradients` and
-`update` (the optimizer's step). Forward hooks on the encoder and decoder split `forward`.
-Collating the batch is not timed. Prints the median of each phase (ms) and of the step.
+batches in order. The step is the trainer's own `Trainer.train_next`, unchanged (schedule,
+grad scaler, non-finite check and statistics included); its phase methods are wrapped to
+mark when they end, and forward hooks on the encoder and decoder split `forward`: the
+batch's copy to the device (`forward` up to the model), the encoder's forward, the decoder's
+LSTM forward, the output layer with its loss and gradients (`chunked_loss`), `backward`,
+`clip_gradients`, and `update` (the non-finite check, then the optimizer's step); `step`
+ends with the step's statistics. Collating the batch is not timed. Prints the median of
+each phase (ms) and of the step.
 
     .venv/bin/python bench/step_phases.py                    # bf16, 150 updates
     .venv/bin/python bench/step_phases.py --precision fp32 --steps 100
@@ -39,7 +40,7 @@ def main() -> None:
 
     from seq2seq.config import load_config
     from seq2seq.device import resolve_device, setup_process
-    from seq2seq.train import Trainer, learning_rate
+    from seq2seq.train import Trainer
 
     prepare_bench_data(BENCH_DATA)
     cfg = load_config(BENCH_CONFIG, [f"train.precision={args.precision}"])
@@ -50,24 +51,26 @@ def main() -> None:
     def mark(*_) -> None:
         marks.append(time.perf_counter())
 
+    def timed(fn):
+        """`fn`, marking the time when it returns."""
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            mark()
+            return out
+        return call
+
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, BENCH_DATA, run_dir)
         trainer.model.encoder.register_forward_pre_hook(mark)
         trainer.model.encoder.register_forward_hook(mark)
         trainer.model.decoder.register_forward_hook(mark)
+        # The step's own code runs (Trainer.train_next); its phases mark when they end.
+        set_learning_rate = trainer.set_learning_rate
+        trainer.set_learning_rate = lambda lr: (marks.clear(), mark(), set_learning_rate(lr))
+        for phase in ("forward", "backward", "clip_gradients", "update"):
+            setattr(trainer, phase, timed(getattr(trainer, phase)))
         for i in range(args.warmup + args.steps):
-            lr = learning_rate(cfg.optim, trainer.stream.epoch)  # as Trainer.train_next
-            batch = next(trainer.stream)
-            marks.clear()
-            mark()
-            trainer.set_learning_rate(lr)
-            loss, _ = trainer.forward(batch)  # marks the encoder's start and end, the decoder's end
-            mark()
-            trainer.backward(loss)
-            mark()
-            trainer.clip_gradients()
-            mark()
-            trainer.update()
+            trainer.train_next()
             mark()
             if i >= args.warmup:
                 for phase, start, end in zip(PHASES, marks, marks[1:]):
