@@ -165,6 +165,7 @@ def write_report(p, s, tasks, out: Path, figures: Path, command: str,
             lines.append(f"| {n} | {t['steps']:,} | {t['best_valid_ppl']:.2f} | "
                          f"{t['last_valid_ppl']:.2f} | {t['wall_seconds'] / 60:.1f} min | "
                          f"{t['tgt_tok_s'] or 0:,.0f} |")
+        lines += ["", *valid_ratio_table(train)]
         lines.append("")
     lines += beams_section(r, models)
     if "rescore" in r:
@@ -199,6 +200,27 @@ def write_report(p, s, tasks, out: Path, figures: Path, command: str,
         {"command": command, "results": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"}
                                          for k, v in r.items()}}, indent=1) + "\n",
         encoding="utf-8")
+
+
+def valid_ratio_table(train: dict[str, dict]) -> list[str]:
+    """Validation perplexity through training, each direction's mean over its seeds, and
+    reversed / forward: whether the gap opens early, closes or stays."""
+    curves: dict[str, list[dict[int, float]]] = {"forward": [], "reversed": []}
+    for name, t in train.items():
+        curves[name.split("-seed")[0]].append(
+            {m["step"]: m["valid_ppl"] for m in t["metrics"] if "valid_ppl" in m})
+    if not curves["forward"] or not curves["reversed"]:
+        return []
+    steps = sorted(set.intersection(*(set(c) for cs in curves.values() for c in cs)))
+    mean = {d: [statistics.mean(c[s] for c in cs) for s in steps] for d, cs in curves.items()}
+    return ["| updates | " + " | ".join(f"{s:,}" for s in steps) + " |",
+            "|---|" + "---:|" * len(steps),
+            "| forward valid ppl (mean) | " + " | ".join(f"{v:.1f}" for v in mean["forward"])
+            + " |",
+            "| reversed valid ppl (mean) | " + " | ".join(f"{v:.1f}" for v in mean["reversed"])
+            + " |",
+            "| reversed / forward | " + " | ".join(
+                f"{r / f:.3f}" for f, r in zip(mean["forward"], mean["reversed"])) + " |"]
 
 
 def reversal_section(train, models, figures) -> list[str]:
