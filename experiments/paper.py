@@ -224,19 +224,27 @@ def nll_profile(translator, sources: list[str], refs: list[str]) -> dict[str, li
                                                       [tgt_ids[i] for i in rows]).tolist()
         for i, row in zip(rows, logp):
             nll = [-x for x in row[:len(tgt_ids[i]) + 1]]  # the pieces and </s>
-            at = next(b for b, hi in enumerate(LENGTH_EDGES[1:]) if words[i] < hi)
-            sums["by_length"][at][0] += sum(nll)
-            sums["by_length"][at][1] += len(nll)
+            at = _bucket(words[i], LENGTH_EDGES)  # None past the last edge: not counted
+            if at is not None:
+                sums["by_length"][at][0] += sum(nll)
+                sums["by_length"][at][1] += len(nll)
             for pos, x in enumerate(nll, start=1):
-                b = next(b for b, hi in enumerate(POSITION_EDGES[1:]) if pos < hi)
-                sums["by_position"][b][0] += x
-                sums["by_position"][b][1] += 1
+                b = _bucket(pos, POSITION_EDGES)
+                if b is not None:
+                    sums["by_position"][b][0] += x
+                    sums["by_position"][b][1] += 1
     out = {}
     for key, edges in (("by_length", LENGTH_EDGES), ("by_position", POSITION_EDGES)):
         out[key] = [{"low": lo, "high": hi, "tokens": n,
                      "ppl": math.exp(total / n) if n else float("nan")}
                     for (lo, hi), (total, n) in zip(zip(edges[:-1], edges[1:]), sums[key])]
     return out
+
+
+def _bucket(value: float, edges) -> int | None:
+    """The index of the [edges[k], edges[k + 1]) range holding `value`, or None."""
+    return next((k for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+                 if lo <= value < hi), None)
 
 
 def task_model(p: Paths, s: Settings, name: str) -> dict:
