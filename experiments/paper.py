@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -404,8 +405,8 @@ def run_plan(p: Paths, s: Settings, argv: list[str], parallel: int) -> None:
                 continue
             del running[name]
             if proc.returncode != 0:
-                for other, _ in running.values():
-                    other.terminate()
+                for other, _ in running.values():  # its whole group: a training child
+                    os.killpg(other.pid, signal.SIGTERM)  # saves last.pt, then stops
                 raise SystemExit(f"paper: task {name} failed (exit {proc.returncode})")
             print(f"paper: {name} done in {time.perf_counter() - started:.0f} s", flush=True)
         ready = [t for t in pending if all(done(p, s, a) for a in t.after)]
@@ -413,7 +414,8 @@ def run_plan(p: Paths, s: Settings, argv: list[str], parallel: int) -> None:
             task = ready.pop(0)
             pending.remove(task)
             print(f"paper: starting {task.name}", flush=True)
-            proc = subprocess.Popen([sys.executable, __file__, *argv, "--task", task.name])
+            proc = subprocess.Popen([sys.executable, __file__, *argv, "--task", task.name],
+                                    start_new_session=True)
             running[task.name] = (proc, time.perf_counter())
         if not ready and not running and pending:
             raise SystemExit(f"paper: {pending[0].name} waits for a task that did not run")
