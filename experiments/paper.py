@@ -395,31 +395,41 @@ def done(p: Paths, s: Settings, task: str) -> bool:
 
 
 def run_plan(p: Paths, s: Settings, argv: list[str], parallel: int) -> None:
-    """Start each task whose inputs are done, `parallel` at a time, as a child process."""
+    """Start each task whose inputs are done, `parallel` at a time, as a child process.
+
+    Each task runs in a session of its own; if one fails, or this process is stopped
+    (Ctrl-C, SIGTERM), every running task's whole group gets SIGTERM: a training run saves
+    its last.pt and stops, and the next `paper.py` resumes it."""
     prepare_data(p, s)
     pending = [t for t in plan(s) if not done(p, s, t.name)]
     running: dict[str, tuple[subprocess.Popen, float]] = {}
-    while pending or running:
-        for name, (proc, started) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            if proc.returncode != 0:
-                for other, _ in running.values():  # its whole group: a training child
-                    os.killpg(other.pid, signal.SIGTERM)  # saves last.pt, then stops
-                raise SystemExit(f"paper: task {name} failed (exit {proc.returncode})")
-            print(f"paper: {name} done in {time.perf_counter() - started:.0f} s", flush=True)
-        ready = [t for t in pending if all(done(p, s, a) for a in t.after)]
-        while ready and len(running) < parallel:
-            task = ready.pop(0)
-            pending.remove(task)
-            print(f"paper: starting {task.name}", flush=True)
-            proc = subprocess.Popen([sys.executable, __file__, *argv, "--task", task.name],
-                                    start_new_session=True)
-            running[task.name] = (proc, time.perf_counter())
-        if not ready and not running and pending:
-            raise SystemExit(f"paper: {pending[0].name} waits for a task that did not run")
-        time.sleep(2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        while pending or running:
+            for name, (proc, started) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if proc.returncode != 0:
+                    raise SystemExit(f"paper: task {name} failed (exit {proc.returncode})")
+                print(f"paper: {name} done in {time.perf_counter() - started:.0f} s",
+                      flush=True)
+            ready = [t for t in pending if all(done(p, s, a) for a in t.after)]
+            while ready and len(running) < parallel:
+                task = ready.pop(0)
+                pending.remove(task)
+                print(f"paper: starting {task.name}", flush=True)
+                proc = subprocess.Popen([sys.executable, __file__, *argv, "--task", task.name],
+                                        start_new_session=True)
+                running[task.name] = (proc, time.perf_counter())
+            if not ready and not running and pending:
+                raise SystemExit(f"paper: {pending[0].name} waits for a task that did not run")
+            time.sleep(2)
+    finally:
+        for proc, _ in running.values():
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc, _ in running.values():
+            proc.wait()
 
 
 def machine() -> str:
