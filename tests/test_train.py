@@ -237,3 +237,19 @@ def test_skipping_non_finite_batches_counts_them_and_trains_on(data_dir, tmp_pat
         ("WARNING", "step 5: loss nan, gradient norm nan (not finite); batch skipped (1 so far)")]
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert result["valid_ppl"] < float("inf") and (tmp_path / "best.pt").exists()
+
+
+def test_a_non_finite_gradient_is_caught_without_clipping_too(data_dir, tmp_path):
+    cfg = tiny_config(optim={"max_steps": 8, "clip_norm": 0.0},
+                      train={"valid_every": 8, "nonfinite": "skip"})
+    trainer = Trainer(config_from_dict(cfg), data_dir, tmp_path)
+    calls = []
+
+    def poison(grad):  # the 3rd backward's gradient is NaN while its loss is finite
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 3 else grad
+
+    trainer.model.decoder.output.weight.register_hook(poison)
+    trainer.train()
+    assert trainer.skipped == 1 and trainer.step == 8
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -230,7 +230,7 @@ class Trainer:
         The phases are public so that `bench/step_phases.py` times each one of this very
         code: `set_learning_rate`, `forward`, `backward`, `clip_gradients`, `update`.
         Returns the global batch's summed NLL, its source and target tokens (</s> counted)
-        and sentences, the lr and the gradient norm before clipping (nan without clipping).
+        and sentences, the lr and the gradient norm before clipping.
         """
         self.set_learning_rate(lr)
         loss, nll = self.forward(batch)
@@ -275,10 +275,9 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
 
     def clip_gradients(self) -> float:
-        """Clip to optim.clip_norm; the norm before (nan when clipping is off)."""
-        if self.cfg.optim.clip_norm == 0:
-            return float("nan")
-        return clip_grad_norm(self.model.parameters(), self.cfg.optim.clip_norm)
+        """Clip to optim.clip_norm (0: no clipping); the gradients' norm before, which the
+        non-finite check reads either way."""
+        return clip_grad_norm(self.model.parameters(), self.cfg.optim.clip_norm or math.inf)
 
     def update(self) -> None:
         """The optimizer's step on the gradients; counts the update."""
@@ -293,8 +292,7 @@ class Trainer:
         fp16 the GradScaler skips overflowing steps itself, so nothing is checked."""
         if self.precision == "fp16":
             return True
-        ok = math.isfinite(float(loss.detach())) and \
-            (self.cfg.optim.clip_norm == 0 or math.isfinite(grad_norm))
+        ok = math.isfinite(float(loss.detach())) and math.isfinite(grad_norm)
         if self.world > 1:  # the ranks must agree to skip or stop
             flag = torch.tensor([int(ok)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
