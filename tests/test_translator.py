@@ -99,6 +99,11 @@ def test_one_string_is_refused_not_split_into_characters(translator):
         translator.translate([1, 2])
     with pytest.raises(ArgumentError, match="sentences must be a list of strings, not one"):
         translator.encode("How are you?")
+    with pytest.raises(ArgumentError, match="sentences must be a list of strings"):
+        translator.translate(7)
+    as_list = [t.text for t in translator.translate(["Go!", "Tom is here."], beam=2)]
+    assert [t.text for t in translator.translate((s for s in ["Go!", "Tom is here."]),
+                                                 beam=2)] == as_list  # any iterable
     with pytest.raises(ArgumentError, match="layers must be 'top' or 'all'"):
         translator.encode(["How are you?"], layers="middle")
 

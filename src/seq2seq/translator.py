@@ -198,15 +198,19 @@ class Translator:
         return out
 
 
-def _sentences(value, name: str) -> Sequence[str]:
-    """`value` if it is a sequence of strings; one string is refused, not split into
-    characters."""
+def _sentences(value, name: str) -> list[str]:
+    """The strings of `value`, any iterable of strings (a list, a generator, a NumPy array of
+    str); one string is refused, not split into characters."""
     if isinstance(value, str | bytes):
         raise ArgumentError(f"{name} must be a list of strings, not one string "
                             f"(wrap it: [{value[:20]!r}])")
-    if not isinstance(value, Sequence) or not all(isinstance(x, str) for x in value):
+    try:
+        sentences = list(value)
+    except TypeError:
+        raise ArgumentError(f"{name} must be a list of strings") from None
+    if not all(isinstance(x, str) for x in sentences):
         raise ArgumentError(f"{name} must be a list of strings")
-    return value
+    return sentences
 
 
 def _length_batches(sources: list[list[int]], batch_size: int,
