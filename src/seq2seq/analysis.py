@@ -280,11 +280,15 @@ def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4.
 
 
 def save_figure(fig, out: str | Path) -> list[Path]:
-    """Write `fig` as `out`.png and `out`.svg; the two paths."""
+    """Write `fig` as `out`.png and `out`.svg; the two paths. The same figure gives the same
+    bytes (no date, fixed SVG ids), so a regenerated report changes only what changed."""
+    import matplotlib
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=120)
+    with matplotlib.rc_context({"svg.hashsalt": "seq2seq"}):  # this block only
+        for p in paths:
+            fig.savefig(p, dpi=120, metadata={"Date": None} if p.suffix == ".svg" else None)
     return paths
