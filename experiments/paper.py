@@ -210,10 +210,9 @@ def nll_profile(translator, sources: list[str], refs: list[str]) -> dict[str, li
 
     import torch
 
-    from seq2seq.text import Tokenizer
+    from seq2seq.analysis import source_words
 
-    tok = Tokenizer("moses", "en")
-    words = [len(tok.tokenize(line)) for line in sources]
+    words = source_words(sources)  # Figure 3's length measure
     src_ids, tgt_ids = translator.source_ids(sources), translator.target_ids(refs)
     sums = {"by_length": [[0.0, 0] for _ in LENGTH_EDGES[1:]],
             "by_position": [[0.0, 0] for _ in POSITION_EDGES[1:]]}
