@@ -268,3 +268,61 @@ def test_plot_bucket_sizes_are_checked(capsys, trained_run, corpus, tmp_path):
                        corpus["valid_src"], "--ref", corpus["valid_tgt"], "--beam", "1",
                        "--width", "0", "--out", tmp_path / "x")
     one_line_error(code, err, "width must be an integer >= 1, got 0")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("verb", ["translate", "score", "evaluate", "rescore", "plot", "serve"])
+def test_every_decoding_verb_loads_the_precision_asked_for(capsys, monkeypatch, tmp_path,
+                                                           corpus, trained_run, verb,
+                                                           precision):
+    import uvicorn
+
+    from seq2seq.device import cpu_has_bf16
+    from seq2seq.translator import Translator
+
+    loaded = []
+    load = Translator.load.__func__
+
+    def spy(cls, *args, **kwargs):
+        loaded.append(load(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Translator, "load", classmethod(spy))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # serve: load, don't listen
+    src = tmp_path / "src.en"
+    src.write_text("".join(corpus["valid_src"].read_text().splitlines(True)[:5]))
+    nbest = tmp_path / "nbest"
+    nbest.write_text("0 ||| le chat ||| -1.0\n1 ||| il ||| -2.0\n")
+    model = ["--model", trained_run / "best.pt", "--precision", precision]
+    argv = {
+        "translate": ["translate", *model, "--input", src, "--beam", 2],
+        "score": ["score", *model, "--src", src, "--tgt", src],
+        "evaluate": ["evaluate", *model, "--src", src, "--ref", src, "--beam", 2, "--json"],
+        "rescore": ["rescore", *model, "--src", src, "--nbest", nbest],
+        "plot": ["plot", "length", *model, "--src", src, "--ref", src, "--out",
+                 tmp_path / "fig"],
+        "serve": ["serve", *model, "--port", 8123],
+    }[verb]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    expect = "fp32" if precision == "bf16" and not cpu_has_bf16() else precision
+    assert [t.precision for t in loaded] == [expect]
+    sources = src.read_text().splitlines()
+    if verb == "translate":  # what the CLI printed is what that precision translates
+        assert out.splitlines() == [t.text for t in loaded[0].translate(sources, beam=2)]
+    if verb == "score":
+        scores = [float(x) for x in out.split()]
+        assert scores == pytest.approx(loaded[0].score(sources, sources), abs=1e-3)
+
+
+def test_int8_on_a_gpu_or_for_training_is_a_one_line_error(capsys, tmp_path, data_dir,
+                                                           trained_run):
+    import torch
+
+    code, _, err = run(capsys, "train", "configs/tatoeba-cpu.yaml", "--data", data_dir,
+                       "--out", tmp_path / "run", "train.precision=int8")
+    one_line_error(code, err, "train.precision", "int8")
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "translate", "--model", trained_run / "best.pt",
+                           "--device", "cuda", "--precision", "int8")
+        one_line_error(code, err, "no CUDA GPU")

@@ -182,3 +182,50 @@ def test_length_penalty_ranks_by_normalised_score_and_lengthens(few_words):
         assert ranked == sorted(ranked, reverse=True)
     lengths = [[len(nb[0].tokens) for nb in hyps] for hyps in (plain, long)]
     assert all(b >= a for a, b in zip(*lengths)) and sum(lengths[1]) > sum(lengths[0])
+
+
+def _textbook_beam(model, src, k, nbest, max_len_a=2.0, max_len_b=10):
+    """Beam search written plainly, one sentence: every live hypothesis is extended by every
+    word, the candidates sorted; </s> among the best k completes one, the best k others
+    live on; stop at the length limit or once the nbest-th complete score is at least
+    the best live one."""
+    max_len = int(max_len_a * len(src) + max_len_b)
+    x, lens = search.source_batch([src], model.reverse_source)
+    state = model.encode(x, lens)
+    live, done = [([], 0.0)], []
+    for t in range(max_len + 1):
+        candidates = []
+        for tokens, score in live:
+            tgt_in = torch.tensor([[search.BOS_ID, *tokens]])
+            hidden, _ = model.decoder(tgt_in, state)
+            logp = model.log_probs(hidden[0, -1]).tolist()
+            words = [search.EOS_ID] if t == max_len else range(len(logp))
+            candidates += [(score + logp[w], tokens, w) for w in words]
+        candidates.sort(key=lambda c: -c[0])
+        done += [(tokens, s) for s, tokens, w in candidates[:k] if w == search.EOS_ID]
+        live = [(tokens + [w], s) for s, tokens, w in candidates if w != search.EOS_ID][:k]
+        best_done = sorted((s for _, s in done), reverse=True)
+        if t == max_len or (len(best_done) >= nbest and best_done[nbest - 1] >= live[0][1]):
+            break
+    return sorted(done, key=lambda d: -d[1])[:nbest]
+
+
+@pytest.mark.parametrize("beam", [2, 3, 5])
+def test_beam_search_equals_the_textbook_search(beam):
+    # The batched search scores only each row's k + 1 best words (then the sentence's best
+    # 2k of those): the same hypotheses as extending every row by every word. Among these
+    # sources, some have </s> among their k best first words (where k per row would
+    # leave the beam short of one live hypothesis).
+    model = untrained(1)
+    with torch.no_grad():  # </s> often among a row's best words, yet not always first
+        model.decoder.output.bias[search.EOS_ID] += 1.0
+    gen = torch.Generator().manual_seed(0)
+    sources = SOURCES + [torch.randint(4, 30, (n,), generator=gen).tolist()
+                         for n in [1, 2, 3, 4, 6, 8] * 2]
+    found = beam_search(Ensemble([model]), sources, beam_size=beam, nbest=beam)
+    with torch.inference_mode():
+        for src, hyps in zip(sources, found):
+            expected = _textbook_beam(model, src, beam, beam)
+            assert [h.tokens for h in hyps] == [tokens for tokens, _ in expected]
+            assert [h.score for h in hyps] == pytest.approx([s for _, s in expected],
+                                                            abs=1e-4)

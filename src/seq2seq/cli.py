@@ -196,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
+                   default="fp32",
                    help="matmul precision (default fp32); bf16 is faster on CPUs with "
-                        "AVX-512 BF16 or AMX, fp16 needs CUDA")
+                        "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
+                        "quantizes the LSTMs and the output layer when loading: the "
+                        "fastest on x86 CPUs without bf16 (AVX2, AVX-512 VNNI), within a "
+                        "few tenths of fp32's BLEU (bench/RESULTS.md)")
 
 
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True

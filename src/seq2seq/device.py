@@ -3,6 +3,8 @@
 - `resolve_device("auto")` is CUDA when available, else the CPU.
 - `autocast(device, precision)`: bf16 or fp16 autocast on CUDA, bf16 on the CPU (oneDNN's
   AVX-512 BF16 kernels); fp32 is a no-op. Parameters and optimizer state stay float32.
+- `quantize_int8(model)`: decoding only, on the CPU: int8 LSTM and output-layer weights
+  (PyTorch's dynamic quantization), chosen when a model is loaded for decoding.
 - `dist_backend(device)`: NCCL for CUDA, gloo for the CPU.
 - cuDNN's fused LSTM kernels are used by `nn.LSTM` on CUDA automatically; `configure`
   turns on cuDNN's autotuner and TF32 matmuls, which suit fixed-shape LSTM batches.
@@ -22,8 +24,10 @@ import ctypes.util
 import functools
 import logging
 import os
+import warnings
 
 import torch
+from torch import nn
 
 from seq2seq.errors import ConfigError
 
@@ -56,17 +60,23 @@ def configure(device: torch.device, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # training and decoding
+DECODE_PRECISIONS = (*PRECISIONS, "int8")  # int8: decoding on the CPU only
 
 
-def check_precision(precision: str, device: torch.device) -> str:
+def check_precision(precision: str, device: torch.device, decoding: bool = False) -> str:
     """The precision to run: `precision` if `device` can run it; fp32 for bf16 on a CPU
     without native bf16 (AVX-512 BF16 or AMX), whose oneDNN has no bf16 LSTM (callers warn
-    with NO_BF16); a ConfigError for what cannot run at all."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    with NO_BF16); a ConfigError for what cannot run at all. int8 is for `decoding` only."""
+    allowed = DECODE_PRECISIONS if decoding else PRECISIONS
+    if precision not in allowed:
+        hint = " (int8 is for decoding only)" if precision == "int8" else ""
+        raise ConfigError(f"precision must be one of {', '.join(allowed)}, got "
+                          f"{precision!r}{hint}")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigError("precision int8 runs on the CPU only; use bf16 or fp16 on a GPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         return "fp32"
     return precision
@@ -82,14 +92,40 @@ def cpu_has_bf16() -> bool:
 
 
 def compute_dtype(precision: str) -> torch.dtype:
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    """The dtype of the weights and activations (int8: of what is not quantized)."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+            "int8": torch.float32}[precision]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for `precision` (fp32|bf16|fp16) on `device`."""
-    if check_precision(precision, device) == "fp32":
+    """The autocast context for `precision` (fp32|bf16|fp16|int8) on `device`."""
+    if check_precision(precision, device, decoding=True) in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """`model` (float32, on the CPU, for inference) with int8 LSTMs and linear layers, in
+    place: PyTorch's dynamic quantization.
+
+    Weights become int8 once, here, with a scale per output row (per gate unit in the
+    LSTMs, per word in the output layer); each product quantizes its
+    input to uint8 on the fly (one scale per call) and accumulates in int32 (fbgemm's
+    kernels, or oneDNN's, as torch's "x86" engine picks; AVX2 at the least, faster with
+    AVX-512 VNNI and AMX). Gates, embeddings and the log-softmax stay float32. Nothing is
+    written back to a checkpoint: the model loses its float weights, so keep it for
+    decoding only.
+
+    PyTorch marks `torch.ao.quantization` as to be replaced by torchao, whose CPU int8
+    path needs `torch.compile`; its deprecation warning is silenced here.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {nn.LSTM: per_channel_dynamic_qconfig,
+                                        nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8, inplace=True)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

@@ -163,7 +163,10 @@ def beam_search(
     All live hypotheses of all sentences form one flat (batch * beam) batch. Each step takes
     the top 2 * beam candidates over (beam x vocab) per sentence, so that `beam` non-</s>
     candidates survive even if up to `beam` of them end. A candidate ending in </s> among the
-    top `beam` is complete. A sentence leaves the batch once its nbest-th complete score is at
+    top `beam` is complete. Only each row's `beam + 1` best words are candidates: a
+    sentence's `beam` best candidates are among its rows' `beam` best, and its `beam` best
+    that do not end among its rows' `beam + 1` best (each row has one </s>), so the
+    result is that of scoring every word, at less top-k work per row. A sentence leaves the batch once its nbest-th complete score is at
     least its best live score: scores only fall, so no live hypothesis can overtake it.
 
     With `length_penalty` alpha > 0, complete hypotheses are ranked by score / lp(length)
@@ -191,11 +194,11 @@ def beam_search(
         hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens  # (b,)
         # Score in chunks of sentences whose (rows x vocab) scores stay in the CPU's cache.
-        # A sentence's 2k best candidates over (beam x vocab) are among the 2k best of each
-        # of its k rows: take those per row, then the best 2k of the k x 2k per sentence.
+        # Each row's k + 1 best words (see above), then the best 2k of the k x (k + 1) per
+        # sentence.
         tops = []
         for lo, hi in cache_ranges(len(alive), k, vocab):
-            logp, token = ensemble.top_tokens(hiddens, lo * k, hi * k, min(2 * k, vocab),
+            logp, token = ensemble.top_tokens(hiddens, lo * k, hi * k, min(k + 1, vocab),
                                               at_max[lo:hi].repeat_interleave(k))  # (rows, c)
             c = logp.shape[1]
             candidates = (scores[lo:hi, :, None] + logp.view(-1, k, c)).view(-1, k * c)

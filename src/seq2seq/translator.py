@@ -24,6 +24,7 @@ from seq2seq.device import (
     autocast,
     check_precision,
     compute_dtype,
+    quantize_int8,
     resolve_device,
 )
 from seq2seq.errors import ArgumentError
@@ -53,8 +54,9 @@ class Translation:
 class Translator:
     """One model or an ensemble, with the vocabularies and tokenizers it was trained with.
 
-    The models are cast in place to the dtype of `precision`: a Translator owns its models
-    (`Translator.load` gives it fresh ones); don't share them with another Translator.
+    The models are cast in place to the dtype of `precision` (int8: quantized in place, see
+    `seq2seq.device.quantize_int8`): a Translator owns its models (`Translator.load` gives
+    it fresh ones); don't share them with another Translator or train them afterwards.
 
     A Translator changes nothing process-wide. Decoding runs fastest once the process is
     tuned for it, which the CLI and the server do: `seq2seq.device.setup_process("decode",
@@ -68,11 +70,13 @@ class Translator:
         precision: str = "fp32",
     ):
         self.ensemble = Ensemble(models)
-        self.precision = check_precision(precision, self.ensemble.device)
+        self.precision = check_precision(precision, self.ensemble.device, decoding=True)
         if self.precision != precision:
             log.warning(NO_BF16)
         for model in models:  # cast once here, not at every decoding step under autocast
             model.to(compute_dtype(self.precision))
+            if self.precision == "int8":
+                quantize_int8(model.eval())
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.src_tokenizer, self.tgt_tokenizer = src_tokenizer, tgt_tokenizer
         self.max_len = max_len
@@ -83,7 +87,9 @@ class Translator:
         """Load one checkpoint or several (an ensemble) onto `device` (auto|cpu|cuda).
 
         `precision` bf16 (or fp16 on CUDA) casts the weights to that type (the models of a
-        Translator are cast in place); log-probabilities and scores stay float32.
+        Translator are cast in place); int8 (the CPU only) quantizes the LSTMs and the output
+        layer when loading, and writes nothing back to the checkpoint. Log-probabilities
+        and scores stay float32.
         """
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         dev = resolve_device(device)

@@ -1,0 +1,135 @@
+"""Which engine runs int8 decoding faster: PyTorch's dynamic quantization or ONNX Runtime?
+
+Times one decoder step of the benchmark model (bench/benchmark.yaml: 2 x 512 LSTMs,
+embeddings 256, 10,004 target words): embedding lookup, the 2-layer LSTM for one time
+step, the output layer and the log-softmax, at 64 rows (greedy's batch) and 768 rows
+(beam 12 x 64 sentences), in four ways:
+
+- torch fp32: the model as trained;
+- torch int8: `seq2seq.device.quantize_int8`, what `--precision int8` runs
+  (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per call);
+- ORT fp32: the same step exported to ONNX (`torch.onnx.export`) and run by ONNX Runtime;
+- ORT int8: that graph through `onnxruntime.quantization.quantize_dynamic` (int8 weights,
+  `DynamicQuantizeLSTM` and `MatMulInteger`).
+
+Weights: a checkpoint (`--model`) or the benchmark shapes at random (speed does not depend
+on the values). Each way's outputs are checked against torch fp32. ONNX Runtime is not a
+dependency of seq2seq; this script needs `pip install onnxruntime onnx`.
+
+    .venv/bin/python bench/int8_engines.py --threads 2 --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCH_CONFIG  # noqa: E402
+
+
+class DecoderStep(nn.Module):
+    """tokens (n,), h and c (layers, n, hidden) -> log-probabilities (n, vocab), h, c."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.embed, self.lstm = model.decoder.embed, model.decoder.lstm
+        self.output = model.decoder.output
+
+    def forward(self, tokens, h, c):
+        out, (h, c) = self.lstm(self.embed(tokens)[:, None], (h, c))
+        return torch.log_softmax(self.output(out[:, 0]), dim=-1), h, c
+
+
+def load_model(path: Path | None):
+    from seq2seq.checkpoint import load_bundle
+    from seq2seq.config import load_config
+    from seq2seq.model import Seq2Seq
+
+    if path is not None:
+        return load_bundle(path, torch.device("cpu")).model.eval()
+    cfg = load_config(BENCH_CONFIG).model
+    return Seq2Seq(cfg.src_vocab + 4, cfg.tgt_vocab + 4, cfg).eval()
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, help="checkpoint (default: random weights)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[64, 768])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from seq2seq.device import quantize_int8, setup_process
+
+    setup_process("decode", torch.device("cpu"), args.threads)
+    model = load_model(args.model)
+    step = DecoderStep(model).eval()
+    q_step = DecoderStep(quantize_int8(copy.deepcopy(model))).eval()
+    layers, hidden = model.cfg.num_layers, model.cfg.hidden_size
+    vocab = model.decoder.output.out_features
+
+    tmp = Path(tempfile.mkdtemp())
+    fp32_onnx, int8_onnx = tmp / "step.onnx", tmp / "step.int8.onnx"
+    n0 = args.rows[0]
+    example = (torch.randint(4, vocab, (n0,)), torch.zeros(layers, n0, hidden),
+               torch.zeros(layers, n0, hidden))
+    torch.onnx.export(step, example, fp32_onnx, input_names=["tokens", "h", "c"],
+                      output_names=["logp", "h_out", "c_out"], dynamo=False,
+                      dynamic_axes={"tokens": {0: "n"}, "h": {1: "n"}, "c": {1: "n"},
+                                    "logp": {0: "n"}, "h_out": {1: "n"}, "c_out": {1: "n"}})
+    quantize_dynamic(fp32_onnx, int8_onnx, weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(str(path), options,
+                                           providers=["CPUExecutionProvider"])
+                for name, path in (("ORT fp32", fp32_onnx), ("ORT int8", int8_onnx))}
+
+    gen = torch.Generator().manual_seed(0)
+    for rows in args.rows:
+        tokens = torch.randint(4, vocab, (rows,), generator=gen)
+        h = torch.rand(layers, rows, hidden, generator=gen) * 0.5 - 0.25
+        c = torch.rand(layers, rows, hidden, generator=gen) - 0.5
+        feed = {"tokens": tokens.numpy(), "h": h.numpy(), "c": c.numpy()}
+        with torch.inference_mode():
+            ref = step(tokens, h, c)[0]
+            ways = {"torch fp32": lambda: step(tokens, h, c)[0],
+                    "torch int8": lambda: q_step(tokens, h, c)[0]}
+            for name, sess in sessions.items():
+                ways[name] = (lambda s: lambda: torch.from_numpy(
+                    s.run(["logp"], feed)[0]))(sess)
+            for name, fn in ways.items():
+                out = fn()
+                print(json.dumps({
+                    "engine": name, "rows": rows, "threads": args.threads,
+                    "ms": round(median_ms(fn, args.repeats), 2),
+                    "max_abs_diff_logp": round(float((out - ref).abs().max()), 4),
+                    "argmax_agree": round(float((out.argmax(1) == ref.argmax(1)).float().mean()), 4),
+                }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
