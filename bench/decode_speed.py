@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 12])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sentences", type=int, default=1000)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per mode")
     parser.add_argument("--out-dir", type=Path, help="write each mode's translations here")

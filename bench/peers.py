@@ -289,11 +289,37 @@ def run_onmt_train(steps: int, *, warmup: int = 20, out_dir: Path = ONMT_WORK / 
 
 _TIME_LINE = re.compile(r"Tokens per second: ([\d.]+)")
 
+# `onmt_translate` with the quantization that its `-precision int8` means to make (see
+# `run_onmt_translate`): OpenNMT-py's own call, on the model `load_test_model` returns.
+ONMT_INT8_TRANSLATE = """
+import sys, torch
+import onmt.model_builder
+from onmt.bin.translate import main
+load = onmt.model_builder.load_test_model
+def load_quantized(*args, **kwargs):
+    vocabs, model, model_opt = load(*args, **kwargs)
+    torch.quantization.quantize_dynamic(model, dtype=torch.qint8, inplace=True)
+    print("quantized:", sorted({type(m).__name__ for m in model.modules()
+                                if "quantized" in type(m).__module__}), flush=True)
+    return vocabs, model, model_opt
+onmt.model_builder.load_test_model = load_quantized
+sys.argv[0] = "onmt_translate"
+main()
+"""
+
 
 def run_onmt_translate(model: str | Path, beam: int, *, sentences: int = TEST_SENTENCES,
                        batch_size: int = 64, out_dir: Path = ONMT_WORK / "translate",
-                       threads: int = 2) -> dict:
+                       threads: int = 2, precision: str = "fp32") -> dict:
     """Decode the first `sentences` test sources with `beam` (1: greedy); speed and BLEU.
+
+    `precision` int8 is OpenNMT-py's `-precision int8` as it is meant to work: PyTorch's
+    dynamic quantization of every linear layer and LSTM of the model, made when the model
+    is loaded, by OpenNMT-py's own call (`torch.quantization.quantize_dynamic(model,
+    dtype=torch.qint8, inplace=True)`: one scale per weight matrix). In 3.5.1 that call is
+    never reached (`load_test_model` compares the option, the string "int8", with
+    `torch.int8`), so the flag alone decodes in fp32, with the same output as fp32;
+    `ONMT_INT8_TRANSLATE` runs `onmt_translate` with the call made after loading.
 
     Returns a record with `sent_s`, `tgt_tok_s` (output tokens with one </s> per sentence,
     as ours), `seconds`, `peak_rss_mb` and `tree_peak_mb` (one process here: see `_run`),
@@ -321,12 +347,14 @@ def run_onmt_translate(model: str | Path, beam: int, *, sentences: int = TEST_SE
         src_path = out_dir / f"test.{sentences}.src"
         _write_lines(src_path, data["test.src"].read_text(encoding="utf-8").splitlines()
                      [:sentences])
-    output = out_dir / f"hyp.beam{beam}.tok.fr"
-    log_path = out_dir / f"translate.beam{beam}.log"
-    argv = [str(bin_dir / "onmt_translate"), "-model", str(model), "-src", str(src_path),
+    output = out_dir / f"hyp.beam{beam}.{precision}.tok.fr"
+    log_path = out_dir / f"translate.beam{beam}.{precision}.log"
+    command = ([str(bin_dir / "python"), "-c", ONMT_INT8_TRANSLATE] if precision == "int8"
+               else [str(bin_dir / "onmt_translate")])
+    argv = [*command, "-model", str(model), "-src", str(src_path),
             "-output", str(output), "-beam_size", str(beam), "-batch_type", "sents",
             "-batch_size", str(batch_size), "-max_length_ratio", "2",
-            "-length_penalty", "none", "-report_time"]
+            "-length_penalty", "none", "-report_time", "-precision", precision]
     rss, tree = _run(argv, log_path, threads)
     hyps = [line.split() for line in output.read_text(encoding="utf-8").splitlines()]
     words = sum(len(h) for h in hyps)
@@ -339,7 +367,7 @@ def run_onmt_translate(model: str | Path, beam: int, *, sentences: int = TEST_SE
     bleu = BLEU().corpus_score([detok.detokenize(h) for h in hyps], [refs]).score
     return {
         "system": f"OpenNMT-py {ONMT_VERSION}", "mode": "greedy" if beam == 1 else f"beam {beam}",
-        "beam": beam, "sentences": sentences, "batch_size": batch_size,
+        "beam": beam, "precision": precision, "sentences": sentences, "batch_size": batch_size,
         "seconds": round(seconds, 3), "sent_s": round(sentences / seconds, 1),
         "tgt_tok_s": round((words + sentences) / seconds), "bleu": round(bleu, 2),
         "peak_rss_mb": round(rss), "tree_peak_mb": round(tree), "threads": threads,
@@ -385,8 +413,10 @@ def _row(cells: list) -> str:
 
 
 def report(train: dict[str, list[dict]], ceilings: dict[str, dict],
-           decode: dict[tuple[str, int], list[dict]], peer: str) -> str:
-    """The Markdown tables: medians over the rounds, ratios to the peer."""
+           decode: dict[tuple[str, int], list[dict]], peer: str,
+           peer_int8: str | None = None) -> str:
+    """The Markdown tables: medians over the rounds, ratios to the peer (fp32; in decoding,
+    also to its int8 rows, and each round's ratio of beam 12 to each)."""
     med = lambda rs, key: median([r[key] for r in rs])  # noqa: E731
     lines = []
     if train:
@@ -401,14 +431,21 @@ def report(train: dict[str, list[dict]], ceilings: dict[str, dict],
             f"{mfu['mfu']:.0%} of {mfu['ceiling_gflops']:.0f} GFLOP/s" if mfu else "",
             f"{max(r['peak_rss_mb'] for r in rs):,} MB",
             f"{max(r.get('tree_peak_mb', r['peak_rss_mb']) for r in rs):,} MB"]))
+    peers = [peer] + ([peer_int8] if peer_int8 else [])
     if decode:
-        lines += ["", "| system | mode | sent/s | tgt tok/s | x peer | BLEU | peak RSS |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "| system | mode | sent/s | tgt tok/s | "
+                  + " | ".join(f"x {p.split()[-1]} peer" for p in peers)
+                  + " | BLEU | peak RSS | round ratios |",
+                  "|---|---|---:|---:|" + "---:|" * len(peers) + "---:|---:|---|"]
     for (name, beam), rs in decode.items():
-        peer_rate = med(decode[(peer, beam)], "sent_s")
+        ratios = [f"{med(rs, 'sent_s') / med(decode[(p, beam)], 'sent_s'):.2f}" for p in peers]
+        rounds = "; ".join(
+            "/".join(f"{r['sent_s'] / q['sent_s']:.2f}" for r, q in zip(rs, decode[(p, beam)]))
+            for p in peers) if name not in peers else ""
         lines.append(_row([name, rs[0]["mode"], f"{med(rs, 'sent_s'):,.1f}",
-                           f"{med(rs, 'tgt_tok_s'):,.0f}", f"{med(rs, 'sent_s') / peer_rate:.2f}",
-                           f"{rs[0]['bleu']:.2f}", f"{max(r['peak_rss_mb'] for r in rs):,} MB"]))
+                           f"{med(rs, 'tgt_tok_s'):,.0f}", *ratios,
+                           f"{rs[0]['bleu']:.2f}", f"{max(r['peak_rss_mb'] for r in rs):,} MB",
+                           rounds]))
     return "\n".join(lines)
 
 
@@ -417,9 +454,13 @@ def main() -> None:
     parser.add_argument("--onmt-smoke", action="store_true",
                         help="install/check OpenNMT-py, train 60 steps, decode 50 sentences "
                              "greedy, beam 5 and beam 12 (seconds each; not a benchmark)")
-    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32"],
-                        choices=["bf16", "fp32"],
-                        help="ours, each against the peer: training, and decoding")
+    parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32", "int8"],
+                        choices=["bf16", "fp32", "int8"],
+                        help="ours, each against the peer: training (bf16, fp32), and "
+                             "decoding (all)")
+    parser.add_argument("--peer-precisions", nargs="+", default=["fp32", "int8"],
+                        choices=["fp32", "int8"],
+                        help="OpenNMT-py's decoding precisions (it trains in fp32)")
     parser.add_argument("--speed-steps", type=int, default=220,
                         help="updates per training-speed run, 20 of them warm-up (default 220)")
     parser.add_argument("--quality-steps", type=int, default=2454,
@@ -436,6 +477,8 @@ def main() -> None:
                         help="the Markdown tables, also printed (default "
                              "bench/.work/peers-PARTS.md)")
     args = parser.parse_args()
+    from seq2seq.device import cpu_has_bf16
+
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     parts = "-".join(sorted(set(args.parts)))
@@ -453,7 +496,9 @@ def main() -> None:
     install_onmt()
     export_onmt_data()
     peer = f"OpenNMT-py {ONMT_VERSION} fp32"
-    ours = {f"seq2seq {p}": p for p in args.precisions}
+    peer_int8 = f"OpenNMT-py {ONMT_VERSION} int8" if "int8" in args.peer_precisions else None
+    ours = {f"seq2seq {p}": p for p in args.precisions if p != "int8"}  # training
+    ours_decode = {f"seq2seq {p}": p for p in args.precisions}
     WORK.mkdir(parents=True, exist_ok=True)
     log = open(args.json, "w", encoding="utf-8")
 
@@ -465,10 +510,11 @@ def main() -> None:
 
     def finish(train, ceilings, decode) -> None:
         log.close()
-        about = (f"; decoding: our model trained {args.quality_steps} updates in bf16, decoded "
-                 "in the precision named" if decode else "")
+        trained = "bf16" if cpu_has_bf16() else "fp32 (asked for bf16; this CPU has none)"
+        about = (f"; decoding: our model trained {args.quality_steps} updates in {trained}, "
+                 "decoded in the precision named" if decode else "")
         text = (f"{time.strftime('%Y-%m-%d')}, {args.rounds} rounds, medians{about}\n\n"
-                + report(train, ceilings, decode, peer) + "\n")
+                + report(train, ceilings, decode, peer, peer_int8) + "\n")
         args.report.write_text(text, encoding="utf-8")
         print("\n" + text)
 
@@ -499,13 +545,16 @@ def main() -> None:
                           ["model"])
 
     # 3. Decoding, alternating likewise.
+    peers = {peer: "fp32", **({peer_int8: "int8"} if peer_int8 else {})}
     decode: dict[tuple[str, int], list[dict]] = {
-        (name, beam): [] for beam in args.beams for name in [*ours, peer]}
+        (name, beam): [] for beam in args.beams for name in [*ours_decode, *peers]}
     for _ in range(args.rounds):
         for beam in args.beams:
-            for name, p in ours.items():
+            for name, p in ours_decode.items():
                 decode[(name, beam)].append(record(run_ours_translate(model, beam, p)))
-            decode[(peer, beam)].append(record(run_onmt_translate(onmt_model, beam)))
+            for name, p in peers.items():
+                decode[(name, beam)].append(record(run_onmt_translate(onmt_model, beam,
+                                                                      precision=p)))
     finish(train, ceilings, decode)
 
 
