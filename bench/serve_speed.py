@@ -1,7 +1,9 @@
 """How fast is `seq2seq serve`? Sentences/s and latency at 1, 8 and 32 concurrent clients,
-with dynamic batching on and off.
+with dynamic batching on and off, in each precision asked for (`serve --precision`).
 
     .venv/bin/python bench/serve_speed.py --model runs/tatoeba-cpu/best.pt --write bench/SERVE.md
+    .venv/bin/python bench/serve_speed.py --model M --precisions int8 bf16 --batching on \
+        --clients 8 32
 
 For each mode the server runs as its own process (`seq2seq serve`, loopback only, a free
 port); the clients are asyncio tasks sending a fixed number of one-sentence requests
@@ -31,6 +33,7 @@ SOURCES = ROOT / "data" / "tatoeba-en-fr" / "test.en"
 
 @dataclass
 class Result:
+    precision: str
     mode: str
     clients: int
     requests: int
@@ -53,10 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, batching: bool, threads: int | None) -> subprocess.Popen:
+def start_server(model: str, port: int, batching: bool, threads: int | None,
+                 precision: str = "fp32") -> subprocess.Popen:
     """`seq2seq serve` in a child process, bound to 127.0.0.1."""
     cmd = [sys.executable, "-m", "seq2seq.cli", "serve", "--model", model, "--device", "cpu",
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--precision", precision]
     if not batching:
         cmd.append("--no-batching")
     env = None
@@ -101,10 +105,10 @@ async def load(url: str, sentences: list[str], clients: int, beam: int,
         return time.perf_counter() - start, latencies
 
 
-def run_mode(args, batching: bool, sentences: list[str]) -> list[Result]:
+def run_mode(args, batching: bool, sentences: list[str], precision: str) -> list[Result]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(args.model, port, batching, args.threads)
+    server = start_server(args.model, port, batching, args.threads, precision)
     try:
         wait_healthy(url, server)
         asyncio.run(load(url, sentences[:8], 4, args.beam, args.timeout))  # warm up
@@ -115,7 +119,8 @@ def run_mode(args, batching: bool, sentences: list[str]) -> list[Result]:
                 load(url, sentences[:args.requests], clients, args.beam, args.timeout))
             batches = httpx.get(f"{url}/health").json()["batches"] - before
             mode = "on" if batching else "off"
-            results.append(Result(mode, clients, len(latencies), seconds, latencies, batches))
+            results.append(Result(precision, mode, clients, len(latencies), seconds, latencies,
+                                  batches))
             print(row(results[-1]), flush=True)
         return results
     finally:
@@ -124,12 +129,13 @@ def run_mode(args, batching: bool, sentences: list[str]) -> list[Result]:
 
 
 def row(r: Result) -> str:
-    return (f"| {r.mode} | {r.clients} | {r.requests} | {r.sentences_per_second:.1f} | "
+    return (f"| {r.precision} | {r.mode} | {r.clients} | {r.requests} | "
+            f"{r.sentences_per_second:.1f} | "
             f"{r.percentile(50):.0f} | {r.percentile(95):.0f} | {r.batches} |")
 
 
-HEADER = ("| batching | clients | requests | sentences/s | p50 ms | p95 ms | model calls |\n"
-          "|---|---|---|---|---|---|---|")
+HEADER = ("| precision | batching | clients | requests | sentences/s | p50 ms | p95 ms | "
+          "model calls |\n|---|---|---|---|---|---|---|---|")
 
 
 def model_size(path: str) -> str:
@@ -163,6 +169,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--timeout", type=float, default=120, help="per request, seconds")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server")
+    p.add_argument("--precisions", nargs="+", default=["fp32"],
+                   choices=["fp32", "bf16", "int8"], help="`serve --precision`, each in turn")
+    p.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     p.add_argument("--write", metavar="MD", help="write the results into this file")
     return p.parse_args(argv)
 
@@ -171,7 +180,8 @@ def main() -> None:
     args = parse_args()
     sentences = SOURCES.read_text(encoding="utf-8").splitlines()
     print(HEADER, flush=True)
-    results = [r for batching in (True, False) for r in run_mode(args, batching, sentences)]
+    results = [r for precision in args.precisions for batching in args.batching
+               for r in run_mode(args, batching == "on", sentences, precision)]
     if args.write:
         command = shlex.join([".venv/bin/python", "bench/serve_speed.py", *sys.argv[1:]])
         write_report(Path(args.write), args, results, command)

@@ -288,7 +288,8 @@ def test_every_decoding_verb_loads_the_precision_asked_for(capsys, monkeypatch, 
         return loaded[-1]
 
     monkeypatch.setattr(Translator, "load", classmethod(spy))
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # serve: load, don't listen
+    served = []  # serve: load the model, build the app, don't listen
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(self.config.app))
     src = tmp_path / "src.en"
     src.write_text("".join(corpus["valid_src"].read_text().splitlines(True)[:5]))
     nbest = tmp_path / "nbest"
@@ -313,6 +314,11 @@ def test_every_decoding_verb_loads_the_precision_asked_for(capsys, monkeypatch, 
     if verb == "score":
         scores = [float(x) for x in out.split()]
         assert scores == pytest.approx(loaded[0].score(sources, sources), abs=1e-3)
+    if verb == "serve":  # and says so
+        from fastapi.testclient import TestClient
+
+        with TestClient(served[0]) as client:
+            assert client.get("/health").json()["precision"] == expect
 
 
 def test_int8_on_a_gpu_or_for_training_is_a_one_line_error(capsys, tmp_path, data_dir,

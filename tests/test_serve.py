@@ -95,6 +95,7 @@ def test_score_needs_as_many_targets_as_sources(client):
 def test_health_and_openapi(client, trained_run):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["device"] == "cpu"
+    assert health["precision"] == "fp32"
     assert health["models"] == [str(trained_run / "best.pt")] and health["batching"]
     schema = client.get("/openapi.json").json()
     assert {"/translate", "/score", "/health"} <= set(schema["paths"])

@@ -152,6 +152,7 @@ class Health(BaseModel):
     status: str
     models: list[str]
     device: str
+    precision: str = Field(description="fp32, bf16, fp16 or int8: what the model runs in")
     batching: bool
     requests: int = Field(description="translate requests answered so far")
     batches: int = Field(description="translate calls made to the model for them")
@@ -522,7 +523,7 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health(status="ok", models=model_names, device=str(translator.ensemble.device),
-                      batching=batcher.batching.max_sentences > 1,
+                      precision=translator.precision, batching=batcher.batching.max_sentences > 1,
                       requests=batcher.requests, batches=batcher.batches,
                       model_calls=batcher.model_calls, abandoned=batcher.abandoned)
 
