@@ -71,7 +71,7 @@ def main() -> None:
             t = time.monotonic() - start
             rss = sum(status_kb(p, "VmRSS") for p in tree(proc.pid)) / 1024
             hwm = status_kb(proc.pid, "VmHWM") / 1024
-            if rss:
+            if rss >= 1:  # not the instant between fork and exec
                 samples.append((t, rss))
                 out.write(json.dumps({"seconds": round(t, 1), "rss_mb": round(rss, 1),
                                       "peak_mb": round(hwm, 1)}) + "\n")
