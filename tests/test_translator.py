@@ -120,6 +120,16 @@ def test_int8_quantizes_when_loading_and_leaves_the_checkpoint_alone(trained_run
     assert fp32.ensemble.models[0].decoder.output.weight.dtype == torch.float32
 
 
+def test_an_int8_ensemble_of_one_checkpoint_twice_equals_the_checkpoint(trained_run,
+                                                                        int8_translator):
+    pair = Translator.load([trained_run / "best.pt"] * 2, device="cpu", precision="int8")
+    assert [t.text for t in pair.translate(SENTENCES, beam=3)] == [
+        t.text for t in int8_translator.translate(SENTENCES, beam=3)]
+    assert pair.score(SENTENCES, SENTENCES) == pytest.approx(
+        int8_translator.score(SENTENCES, SENTENCES), abs=1e-4)
+    assert pair.encode(SENTENCES) == pytest.approx(int8_translator.encode(SENTENCES))
+
+
 def test_int8_scores_stay_within_2_percent_of_fp32(translator, int8_translator, corpus):
     sources = corpus["valid_src"].read_text(encoding="utf-8").splitlines()[:60]
     targets = corpus["valid_tgt"].read_text(encoding="utf-8").splitlines()[:60]
@@ -190,3 +200,59 @@ def test_int8_output_equals_fp32_where_the_argmax_margin_is_wide(confident_run):
     b8 = int8_translator.translate([sources[i] for i in wide], beam=4)
     assert [t.text for t in b8] == [t.text for t in b32]
     assert [t.score for t in b8] == pytest.approx([t.score for t in b32], rel=0.02)
+
+
+def test_one_string_is_refused_not_split_into_characters(translator):
+    with pytest.raises(ArgumentError, match=r"sentences must be a list of strings, not one"):
+        translator.translate("How are you?")
+    with pytest.raises(ArgumentError, match="sources must be a list of strings, not one"):
+        translator.score("abc", ["xyz"])
+    with pytest.raises(ArgumentError, match="targets must be a list of strings, not one"):
+        translator.score(["abc"], "xyz")
+    with pytest.raises(ArgumentError, match="sentences must be a list of strings"):
+        translator.translate([1, 2])
+    with pytest.raises(ArgumentError, match="sentences must be a list of strings, not one"):
+        translator.encode("How are you?")
+    with pytest.raises(ArgumentError, match="sentences must be a list of strings"):
+        translator.translate(7)
+    as_list = [t.text for t in translator.translate(["Go!", "Tom is here."], beam=2)]
+    assert [t.text for t in translator.translate((s for s in ["Go!", "Tom is here."]),
+                                                 beam=2)] == as_list  # any iterable
+    with pytest.raises(ArgumentError, match="layers must be 'top' or 'all'"):
+        translator.encode(["How are you?"], layers="middle")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"beam": 0}, "beam must be an integer in 1..256, got 0"),
+    ({"beam": 10_000}, "beam must be an integer in 1..256, got 10000"),
+    ({"beam": 2.5}, "beam must be an integer in 1..256, got 2.5"),
+    ({"beam": 3, "nbest": 4}, r"nbest must be an integer in 1..3 \(at most beam\), got 4"),
+    ({"nbest": 0}, r"nbest must be an integer in 1..12 \(at most beam\), got 0"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"max_len_a": -1.0}, "max_len_a must be a finite number >= 0, got -1.0"),
+    ({"max_len_a": float("nan")}, "max_len_a must be a finite number >= 0, got nan"),
+    ({"max_len_b": -1}, "max_len_b must be an integer >= 0, got -1"),
+    ({"length_penalty": -0.5}, r"length_penalty must be a finite number in \[0, 10\], got -0.5"),
+    ({"length_penalty": float("inf")}, r"length_penalty must be a finite number in \[0, 10\]"),
+    ({"length_penalty": 11}, r"length_penalty must be a finite number in \[0, 10\], got 11"),
+])
+def test_decoding_arguments_are_checked_with_one_message(translator, kwargs, message):
+    with pytest.raises(ArgumentError, match=message):
+        translator.translate(["How are you?"], **kwargs)
+
+
+def test_cli_gives_the_translator_s_message(capsys, trained_run):
+    from seq2seq.cli import main
+
+    code = main(["translate", "--model", str(trained_run / "best.pt"), "--beam", "10000"])
+    assert code == 2
+    assert "beam must be an integer in 1..256, got 10000" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(cpu_has_bf16(), reason="this CPU runs bf16")
+def test_bf16_on_a_cpu_without_it_runs_fp32_with_a_warning(trained_run, caplog):
+    t = Translator.load(trained_run / "best.pt", device="cpu", precision="bf16")
+    assert t.precision == "fp32"
+    assert {p.dtype for p in t.ensemble.models[0].parameters()} == {torch.float32}
+    assert t.translate(["Tom is here."], beam=2)[0].text
+    assert "bf16 needs a CPU with AVX-512 BF16 or AMX" in caplog.text
