@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import sys
@@ -114,23 +115,30 @@ def main() -> None:
         tokens = torch.randint(4, vocab, (rows,), generator=gen)
         h = torch.rand(layers, rows, hidden, generator=gen) * 0.5 - 0.25
         c = torch.rand(layers, rows, hidden, generator=gen) - 0.5
-        feed = {"tokens": tokens.numpy(), "h": h.numpy(), "c": c.numpy()}
         with torch.inference_mode():
             ref = step(tokens, h, c)[0]
-            ways = {"torch fp32": lambda: step(tokens, h, c)[0],
-                    "torch int8": lambda: q_step(tokens, h, c)[0]}
-            for name, sess in sessions.items():
-                ways[name] = (lambda s: lambda: torch.from_numpy(
-                    s.run(["logp"], feed)[0]))(sess)
+            ways = {"torch fp32": functools.partial(torch_step, step, tokens, h, c),
+                    "torch int8": functools.partial(torch_step, q_step, tokens, h, c)}
+            feed = {"tokens": tokens.numpy(), "h": h.numpy(), "c": c.numpy()}
+            for name, session in sessions.items():
+                ways[name] = functools.partial(ort_step, session, feed)
             for name, fn in ways.items():
                 out = fn()
+                agree = (out.argmax(1) == ref.argmax(1)).float().mean()
                 print(json.dumps({
                     "engine": name, "rows": rows, "threads": args.threads,
                     "ms": round(median_ms(fn, args.repeats), 2),
                     "max_abs_diff_logp": round(float((out - ref).abs().max()), 4),
-                    "argmax_agree": round(float((out.argmax(1) == ref.argmax(1)).float().mean()), 4),
+                    "argmax_agree": round(float(agree), 4),
                 }), flush=True)
 
+
+def torch_step(step, tokens, h, c):
+    return step(tokens, h, c)[0]
+
+
+def ort_step(session, feed):
+    return torch.from_numpy(session.run(["logp"], feed)[0])
 
 if __name__ == "__main__":
     main()

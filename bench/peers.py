@@ -356,6 +356,8 @@ def run_onmt_translate(model: str | Path, beam: int, *, sentences: int = TEST_SE
             "-batch_size", str(batch_size), "-max_length_ratio", "2",
             "-length_penalty", "none", "-report_time", "-precision", precision]
     rss, tree = _run(argv, log_path, threads)
+    if precision == "int8" and "quantized: [" not in log_path.read_text(encoding="utf-8"):
+        raise RuntimeError(f"onmt_translate did not quantize the model, see {log_path}")
     hyps = [line.split() for line in output.read_text(encoding="utf-8").splitlines()]
     words = sum(len(h) for h in hyps)
     rate = _TIME_LINE.search(log_path.read_text(encoding="utf-8"))
@@ -416,7 +418,7 @@ def report(train: dict[str, list[dict]], ceilings: dict[str, dict],
            decode: dict[tuple[str, int], list[dict]], peer: str,
            peer_int8: str | None = None) -> str:
     """The Markdown tables: medians over the rounds, ratios to the peer (fp32; in decoding,
-    also to its int8 rows, and each round's ratio of beam 12 to each)."""
+    also to its int8 rows, and each round's ratios to each)."""
     med = lambda rs, key: median([r[key] for r in rs])  # noqa: E731
     lines = []
     if train:

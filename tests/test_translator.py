@@ -104,17 +104,18 @@ def int8_translator(trained_run):
     return Translator.load(trained_run / "best.pt", device="cpu", precision="int8")
 
 
-def test_int8_quantizes_when_loading_and_leaves_the_checkpoint_alone(trained_run,
-                                                                     int8_translator):
+def test_int8_quantizes_when_loading_and_leaves_the_checkpoint_alone(trained_run):
     before = (trained_run / "best.pt").read_bytes()
-    model = int8_translator.ensemble.models[0]
-    assert int8_translator.precision == "int8"
+    int8 = Translator.load(trained_run / "best.pt", device="cpu", precision="int8")
+    model = int8.ensemble.models[0]
+    assert int8.precision == "int8"
     for module in (model.encoder.lstm, model.decoder.lstm, model.decoder.output):
         assert type(module).__module__.startswith("torch.ao.nn.quantized.dynamic")
         weights = module.get_weight() if hasattr(module, "get_weight") else {
             "weight": module.weight()}
         assert {w.dtype for w in weights.values()} == {torch.qint8}
-    assert int8_translator.translate(["Tom is here."], beam=2)[0].text
+        assert {w.qscheme() for w in weights.values()} == {torch.per_channel_affine}
+    assert int8.translate(["Tom is here."], beam=2)[0].text
     assert (trained_run / "best.pt").read_bytes() == before
     fp32 = Translator.load(trained_run / "best.pt", device="cpu")  # still a float model
     assert fp32.ensemble.models[0].decoder.output.weight.dtype == torch.float32
@@ -127,7 +128,6 @@ def test_an_int8_ensemble_of_one_checkpoint_twice_equals_the_checkpoint(trained_
         t.text for t in int8_translator.translate(SENTENCES, beam=3)]
     assert pair.score(SENTENCES, SENTENCES) == pytest.approx(
         int8_translator.score(SENTENCES, SENTENCES), abs=1e-4)
-    assert pair.encode(SENTENCES) == pytest.approx(int8_translator.encode(SENTENCES))
 
 
 def test_int8_scores_stay_within_2_percent_of_fp32(translator, int8_translator, corpus):
@@ -176,9 +176,11 @@ def confident_run(corpus, tmp_path_factory):
 
 
 def test_int8_output_equals_fp32_where_the_argmax_margin_is_wide(confident_run):
-    # Along fp32's greedy output, if at every step the best token leads each other token
-    # by more than int8 moves the two of them, int8 picks the same token at every step:
-    # the same output. Where the margins are that wide, the outputs must be equal.
+    # Along fp32's greedy output, where at every step the best token leads each other
+    # token by more than int8 moves the two of them (both measured teacher-forced, one
+    # sentence at a time), int8's greedy search must give the same output. (Its batched
+    # steps quantize with other scales than teacher forcing, so this is a bound measured
+    # on a neighbouring computation, not a proof; the margins here are wide.)
     run, sources = confident_run
     translator = Translator.load(run / "best.pt", device="cpu")
     int8_translator = Translator.load(run / "best.pt", device="cpu", precision="int8")

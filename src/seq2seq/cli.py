@@ -199,9 +199,9 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
                    default="fp32",
                    help="matmul precision (default fp32); bf16 is faster on CPUs with "
-                        "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (any x86 CPU) "
+                        "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
                         "quantizes the LSTMs and the output layer when loading: 1.5-2.3x "
-                        "fp32's speed at the same BLEU on an AVX2 CPU without bf16, "
+                        "fp32's speed, BLEU within 0.1, on an AVX2 CPU without bf16; "
                         "not yet measured with VNNI or AMX (bench/RESULTS.md, run 11)")
 
 

@@ -111,18 +111,25 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     Weights become int8 once, here, with a scale per output row (per gate unit in the
     LSTMs, per word in the output layer); each product quantizes its
     input to uint8 on the fly (one scale per call) and accumulates in int32 (fbgemm's
-    kernels, or oneDNN's, as torch's "x86" engine picks; AVX2 at the least, faster with
-    AVX-512 VNNI and AMX). Gates, embeddings and the log-softmax stay float32. Nothing is
+    kernels, or oneDNN's, as torch's "x86" engine picks: AVX2 at the least, VNNI and AMX
+    where the CPU has them). Gates, embeddings and the log-softmax stay float32. Nothing is
     written back to a checkpoint: the model loses its float weights, so keep it for
     decoding only.
 
+    The activations' scale is one per call, shared by the rows of a batch, so a sentence's
+    scores depend slightly on the sentences decoded with it (by ~1e-3 in log-probability),
+    and a near tie may go the other way in another batch.
+
     PyTorch marks `torch.ao.quantization` as to be replaced by torchao, whose CPU int8
-    path needs `torch.compile`; its deprecation warning is silenced here.
+    path needs `torch.compile`; its two deprecation warnings are silenced here.
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated",
+                                DeprecationWarning)
+        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_"
+                                "channel", UserWarning)
         return quantize_dynamic(model, {nn.LSTM: per_channel_dynamic_qconfig,
                                         nn.Linear: per_channel_dynamic_qconfig},
                                 dtype=torch.qint8, inplace=True)

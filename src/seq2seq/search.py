@@ -162,12 +162,14 @@ def beam_search(
 
     All live hypotheses of all sentences form one flat (batch * beam) batch. Each step takes
     the top 2 * beam candidates over (beam x vocab) per sentence, so that `beam` non-</s>
-    candidates survive even if up to `beam` of them end. A candidate ending in </s> among the
-    top `beam` is complete. Only each row's `beam + 1` best words are candidates: a
-    sentence's `beam` best candidates are among its rows' `beam` best, and its `beam` best
-    that do not end among its rows' `beam + 1` best (each row has one </s>), so the
-    result is that of scoring every word, at less top-k work per row. A sentence leaves the batch once its nbest-th complete score is at
-    least its best live score: scores only fall, so no live hypothesis can overtake it.
+    candidates survive even if up to `beam` of them end. A candidate ending in </s> among
+    the top `beam` is complete. Only each row's `beam + 1` best words are candidates: a
+    sentence's `beam` best candidates are among its rows' `beam` best, its `beam` best
+    that do not end among its rows' `beam + 1` best (each row has one </s>), and these are
+    within the sentence's top 2 * beam of them (at most `beam` ending candidates, one per
+    row, rank above them): the result of scoring every word, with less top-k work per
+    row. A sentence leaves the batch once its nbest-th complete score is at least its best
+    live score: scores only fall, so no live hypothesis can overtake it.
 
     With `length_penalty` alpha > 0, complete hypotheses are ranked by score / lp(length)
     and a sentence leaves once its nbest-th normalised score is at least its best live
