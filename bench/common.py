@@ -57,6 +57,19 @@ def prepare_bench_data(out: Path = BENCH_DATA) -> Path:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (from Linux's /proc/PID/task/TID/children)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        for children in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            try:
+                pids += [int(c) for c in children.read_text().split()]
+            except OSError:  # the thread or process just ended
+                pass
+        i += 1
+    return pids
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

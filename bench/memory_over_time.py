@@ -19,18 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its live descendants."""
-    pids, i = [pid], 0
-    while i < len(pids):
-        for children in Path(f"/proc/{pids[i]}/task").glob("*/children"):
-            try:
-                pids += [int(c) for c in children.read_text().split()]
-            except OSError:
-                pass
-        i += 1
-    return pids
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import process_tree  # noqa: E402
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -69,7 +59,7 @@ def main() -> None:
     with open(args.out, "w", encoding="utf-8") as out:
         while proc.poll() is None:
             t = time.monotonic() - start
-            rss = sum(status_kb(p, "VmRSS") for p in tree(proc.pid)) / 1024
+            rss = sum(status_kb(p, "VmRSS") for p in process_tree(proc.pid)) / 1024
             hwm = status_kb(proc.pid, "VmHWM") / 1024
             if rss >= 1:  # not the instant between fork and exec
                 samples.append((t, rss))

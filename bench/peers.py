@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     ceiling_of_runs,
     median,
     prepare_bench_data,
+    process_tree,
     run_child,
 )
 
@@ -188,25 +189,12 @@ def _run(argv: list[str], log_path: Path, threads: int) -> tuple[float, float]:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            tree_kb = max(tree_kb, sum(_pss_kb(p) for p in _process_tree(proc.pid)))
+            tree_kb = max(tree_kb, sum(_pss_kb(p) for p in process_tree(proc.pid)))
             time.sleep(0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}), see {log_path}")
     return usage.ru_maxrss / 1024, tree_kb / 1024
-
-
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and its live descendants (from Linux's /proc/PID/task/TID/children)."""
-    pids, i = [pid], 0
-    while i < len(pids):
-        for children in Path(f"/proc/{pids[i]}/task").glob("*/children"):
-            try:
-                pids += [int(c) for c in children.read_text().split()]
-            except OSError:  # the thread or process just ended
-                pass
-        i += 1
-    return pids
 
 
 def _pss_kb(pid: int) -> int:
