@@ -443,7 +443,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--onmt-smoke", action="store_true",
                         help="install/check OpenNMT-py, train 60 steps, decode 50 sentences "
-                             "greedy, beam 5 and beam 12 (seconds each; not a benchmark)")
+                             "greedy, beam 5, beam 12 and beam 5 in int8 (seconds each; not a "
+                             "benchmark)")
     parser.add_argument("--precisions", nargs="+", default=["bf16", "fp32", "int8"],
                         choices=["bf16", "fp32", "int8"],
                         help="ours, each against the peer: training (bf16, fp32), and "
@@ -477,9 +478,9 @@ def main() -> None:
     if args.onmt_smoke:
         train = run_onmt_train(60)
         print(json.dumps(train), flush=True)
-        for beam in (1, 5, 12):
-            print(json.dumps(run_onmt_translate(train["model"], beam, sentences=50)),
-                  flush=True)
+        for beam, precision in ((1, "fp32"), (5, "fp32"), (12, "fp32"), (5, "int8")):
+            print(json.dumps(run_onmt_translate(train["model"], beam, sentences=50,
+                                                precision=precision)), flush=True)
         return
 
     prepare_bench_data()
