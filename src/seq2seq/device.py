@@ -117,8 +117,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     decoding only.
 
     The activations' scale is one per call, shared by the rows of a batch, so a sentence's
-    scores depend slightly on the sentences decoded with it (by ~1e-3 in log-probability),
-    and a near tie may go the other way in another batch.
+    scores depend slightly on the sentences decoded with it, and a near tie may go the
+    other way in another batch.
 
     PyTorch marks `torch.ao.quantization` as to be replaced by torchao, whose CPU int8
     path needs `torch.compile`; its two deprecation warnings are silenced here.
