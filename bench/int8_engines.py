@@ -39,16 +39,16 @@ from common import BENCH_CONFIG  # noqa: E402
 
 
 class DecoderStep(nn.Module):
-    """tokens (n,), h and c (layers, n, hidden) -> log-probabilities (n, vocab), h, c."""
+    """tokens (n,), h and c (layers, n, hidden) -> log-probabilities (n, vocab), h, c: the
+    model's own decoding step (`decode_hidden`, `log_probs`), as one module to export."""
 
     def __init__(self, model):
         super().__init__()
-        self.embed, self.lstm = model.decoder.embed, model.decoder.lstm
-        self.output = model.decoder.output
+        self.model = model
 
     def forward(self, tokens, h, c):
-        out, (h, c) = self.lstm(self.embed(tokens)[:, None], (h, c))
-        return torch.log_softmax(self.output(out[:, 0]), dim=-1), h, c
+        out, (h, c) = self.model.decode_hidden(tokens, (h, c))
+        return self.model.log_probs(out), h, c
 
 
 def load_model(path: Path | None):
