@@ -210,7 +210,7 @@ def _textbook_beam(model, src, k, nbest, max_len_a=2.0, max_len_b=10):
     return sorted(done, key=lambda d: -d[1])[:nbest]
 
 
-@pytest.mark.parametrize("beam", [2, 3, 5])
+@pytest.mark.parametrize("beam", [2, 3, 5, 20])  # 20: wider than the vocabulary (12)
 def test_beam_search_equals_the_textbook_search(beam):
     # The batched search scores only each row's k + 1 best words (then the sentence's best
     # 2k of those): the same hypotheses as extending every row by every word. Among these
@@ -235,3 +235,19 @@ def test_beam_search_equals_the_textbook_search(beam):
             assert [h.tokens for h in hyps] == [tokens for tokens, _ in expected]
             assert [h.score for h in hyps] == pytest.approx([s for _, s in expected],
                                                             abs=1e-4)
+
+
+def test_first_step_decodes_one_row_per_sentence(ensemble, monkeypatch):
+    # Every hypothesis starts from <s> and the same state: the first step feeds each
+    # sentence once, later steps feed its `beam` live hypotheses.
+    rows = []
+    advance = Ensemble.advance
+
+    def spy(self, tokens, states):
+        rows.append(len(tokens))
+        return advance(self, tokens, states)
+
+    monkeypatch.setattr(Ensemble, "advance", spy)
+    beam_search(ensemble, SOURCES, beam_size=5)
+    assert rows[0] == len(SOURCES)
+    assert rows[1] == 5 * len(SOURCES)

@@ -175,19 +175,21 @@ def beam_search(
     and a sentence leaves once its nbest-th normalised score is at least its best live
     score / lp(longest allowed length): the most any live hypothesis could still reach.
     Hypothesis.score stays the log-probability.
+
+    The first step decodes one row per sentence, not `beam` copies of it: every
+    hypothesis starts from the same <s> and state, so the other rows would only repeat it.
     """
     check_decoding(beam_size, nbest, 1, max_len_a, max_len_b, length_penalty)
     device, k = ensemble.device, beam_size
     n = len(sources)
-    states = Ensemble.select(ensemble.encode(sources),
-                             torch.arange(n, device=device).repeat_interleave(k))
+    states = ensemble.encode(sources)
     max_lens = _max_lens(sources, max_len_a, max_len_b, device)  # (b,)
     alpha = length_penalty
     alive = torch.arange(n, device=device)  # (b,) original index of each live sentence
-    tokens = torch.full((n * k,), BOS_ID, device=device)  # (b * k,) last token of each hypothesis
-    history = torch.zeros((n * k, 0), dtype=torch.long, device=device)  # (b * k, t)
-    scores = torch.full((n, k), float("-inf"), device=device)  # (b, k); one live start per sentence
-    scores[:, 0] = 0.0
+    # r live hypotheses per sentence: one (<s>) at the start, then k.
+    tokens = torch.full((n,), BOS_ID, device=device)  # (b * r,) last token of each hypothesis
+    history = torch.zeros((n, 0), dtype=torch.long, device=device)  # (b * r, t)
+    scores = torch.zeros((n, 1), device=device)  # (b, r)
     best_done = torch.full((n, nbest), float("-inf"), device=device)  # (b, nbest) ranking scores
     results: list[list[Hypothesis]] = [[] for _ in range(n)]
     t = 0
@@ -198,16 +200,17 @@ def beam_search(
         # Score in chunks of sentences whose (rows x vocab) scores stay in the CPU's cache.
         # Each row's k + 1 best words (see above), then the best 2k of the k x (k + 1) per
         # sentence.
+        r = scores.shape[1]
         tops = []
-        for lo, hi in cache_ranges(len(alive), k, vocab):
-            logp, token = ensemble.top_tokens(hiddens, lo * k, hi * k, min(k + 1, vocab),
-                                              at_max[lo:hi].repeat_interleave(k))  # (rows, c)
+        for lo, hi in cache_ranges(len(alive), r, vocab):
+            logp, token = ensemble.top_tokens(hiddens, lo * r, hi * r, min(k + 1, vocab),
+                                              at_max[lo:hi].repeat_interleave(r))  # (rows, c)
             c = logp.shape[1]
-            candidates = (scores[lo:hi, :, None] + logp.view(-1, k, c)).view(-1, k * c)
-            top_scores, top = candidates.topk(min(2 * k, k * c), dim=1)  # (s, 2k)
-            tops.append((top_scores, top // c, token.view(-1, k * c).gather(1, top)))
+            candidates = (scores[lo:hi, :, None] + logp.view(-1, r, c)).view(-1, r * c)
+            top_scores, top = candidates.topk(min(2 * k, r * c), dim=1)  # (s, 2k)
+            tops.append((top_scores, top // c, token.view(-1, r * c).gather(1, top)))
         top_scores, top_beam, top_token = (torch.cat(parts) for parts in zip(*tops))  # (b, 2k)
-        rows = torch.arange(len(alive), device=device)[:, None] * k + top_beam  # (b, 2k) into b*k
+        rows = torch.arange(len(alive), device=device)[:, None] * r + top_beam  # (b, 2k) into b*r
 
         # Complete hypotheses: </s> among the top k candidates.
         ends = (top_token == EOS_ID) & torch.isfinite(top_scores)
@@ -218,10 +221,13 @@ def beam_search(
             best_done = torch.cat([best_done, ended], 1).topk(nbest, dim=1).values
 
         # Live hypotheses: the k best candidates that do not end (positions keep score order).
+        # With fewer than k of them (a first step over a vocabulary smaller than the beam),
+        # the ending candidates that fill the beam are dead: score -inf.
         width = top_scores.shape[1]
-        order = (top_token == EOS_ID).long() * width + torch.arange(width, device=device)
-        pick = order.topk(k, dim=1, largest=False).indices  # (b, k)
-        scores = top_scores.gather(1, pick)
+        is_eos = top_token == EOS_ID
+        order = is_eos.long() * width + torch.arange(width, device=device)
+        pick = order.topk(min(k, width), dim=1, largest=False).indices  # (b, k)
+        scores = top_scores.gather(1, pick).masked_fill(is_eos.gather(1, pick), float("-inf"))
         reachable = scores[:, 0] / length_norm(max_lens + 1, alpha) if alpha else scores[:, 0]
         done = at_max | (best_done[:, -1] >= reachable)
 
