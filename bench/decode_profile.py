@@ -1,6 +1,10 @@
 """Where decoding spends its time: the torch profiler's table of operators for one
 `Translator.translate` call over the first test sentences (after one warm-up batch).
 
+It also prints the share of the time spent in the matrix products (the operators of
+PRODUCTS, self time): decoding can go at most 1 / share times as fast without faster
+products, however little the rest (top-k, log-softmax, gate arithmetic, bookkeeping) costs.
+
     .venv/bin/python bench/decode_profile.py --model M --precision int8 --beam 12
 """
 
@@ -13,6 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CORPUS  # noqa: E402
+
+# The operators that run the model's matrix products, by their own time (not their
+# callers'): float32 / bf16 GEMMs; oneDNN's LSTM layer (its gate arithmetic is inside the
+# kernel and counted here too); the int8 output layer (`quantized::linear_dynamic`, the
+# quantization of its input included) and the int8 LSTM (`aten::quantized_lstm`: its own
+# time is its products and their input quantization; its gate arithmetic runs as child
+# operators, `aten::sigmoid_`, `aten::tanh`, ..., and is not counted).
+PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::mkldnn_rnn_layer",
+            "quantized::linear_dynamic", "aten::quantized_lstm"}
 
 
 def main() -> None:
@@ -43,7 +56,14 @@ def main() -> None:
         seconds = time.perf_counter() - start
     print(f"{args.precision}, beam {args.beam}, {len(sources)} sentences, {args.threads} "
           f"threads: {len(sources) / seconds:.1f} sentences/s (under the profiler)")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    events = prof.key_averages()
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    total = sum(e.self_cpu_time_total for e in events)
+    products = {e.key: e.self_cpu_time_total for e in events if e.key in PRODUCTS}
+    share = sum(products.values()) / total
+    print(f"matrix products: {share:.0%} of the profiled time ("
+          + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(products.items()))
+          + f"): at most {1 / share:.2f}x as fast with everything else free")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                         "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
                         "quantizes the LSTMs and the output layer when loading: 1.5-2.3x "
                         "fp32's speed, BLEU within 0.1, on an AVX2 CPU without bf16; "
-                        "not yet measured with VNNI or AMX (bench/RESULTS.md, run 11)")
+                        "not yet measured with VNNI or AMX (bench/RESULTS.md, runs 11-12)")
 
 
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True
