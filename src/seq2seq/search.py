@@ -226,7 +226,7 @@ def beam_search(
         width = top_scores.shape[1]
         is_eos = top_token == EOS_ID
         order = is_eos.long() * width + torch.arange(width, device=device)
-        pick = order.topk(min(k, width), dim=1, largest=False).indices  # (b, k)
+        pick = order.topk(min(k, width), dim=1, largest=False).indices  # (b, k'), k' <= k
         scores = top_scores.gather(1, pick).masked_fill(is_eos.gather(1, pick), float("-inf"))
         reachable = scores[:, 0] / length_norm(max_lens + 1, alpha) if alpha else scores[:, 0]
         done = at_max | (best_done[:, -1] >= reachable)
