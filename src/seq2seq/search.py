@@ -198,7 +198,7 @@ def beam_search(
         hiddens, states = ensemble.advance(tokens, states)
         at_max = t >= max_lens  # (b,)
         # Score in chunks of sentences whose (rows x vocab) scores stay in the CPU's cache.
-        # Each row's k + 1 best words (see above), then the best 2k of the k x (k + 1) per
+        # Each row's k + 1 best words (see above), then the best 2k of the r x (k + 1) per
         # sentence.
         r = scores.shape[1]
         tops = []
