@@ -18,25 +18,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_CONFIG  # noqa: E402
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(1000 * statistics.median(times), 2)
+from common import BENCH_CONFIG, median_ms  # noqa: E402
 
 
 def block_topk(x: torch.Tensor, k: int, block: int = 128):
@@ -89,7 +77,7 @@ def main() -> None:
     with torch.inference_mode():
         for name, fn in parts.items():
             print(json.dumps({"part": name, "rows": n, "threads": args.threads,
-                              "ms": median_ms(fn, args.repeats)}), flush=True)
+                              "ms": round(median_ms(fn, args.repeats), 2)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,17 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def median_ms(fn, repeats: int) -> float:
+    """Milliseconds of `fn()`: the median of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
 def ceiling_of_runs(precision: str, runs: list[dict], data: Path = BENCH_DATA,
                     config: Path = BENCH_CONFIG) -> dict:
     """The matmul ceiling (bench/train_speed.py's `ceiling` child, a fresh process) of the

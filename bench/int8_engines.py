@@ -25,17 +25,15 @@ import argparse
 import copy
 import functools
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_CONFIG  # noqa: E402
+from common import BENCH_CONFIG, median_ms  # noqa: E402
 
 
 class DecoderStep(nn.Module):
@@ -60,16 +58,6 @@ def load_model(path: Path | None):
         return load_bundle(path, torch.device("cpu")).model.eval()
     cfg = load_config(BENCH_CONFIG).model
     return Seq2Seq(cfg.src_vocab + 4, cfg.tgt_vocab + 4, cfg).eval()
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
