@@ -70,6 +70,16 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def proc_kb(pid: int, file: str, field: str) -> int:
+    """A memory field of `/proc/PID/FILE` (status: VmRSS, VmHWM; smaps_rollup: Pss) in KiB,
+    0 once the process has ended."""
+    try:
+        with open(f"/proc/{pid}/{file}") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), 0)
+    except OSError:
+        return 0
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, MB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

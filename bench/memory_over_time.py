@@ -20,18 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import process_tree  # noqa: E402
-
-
-def status_kb(pid: int, field: str) -> int:
-    """A `/proc/PID/status` field in KiB (0 once the process has ended)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+from common import proc_kb, process_tree  # noqa: E402
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
@@ -59,8 +48,8 @@ def main() -> None:
     with open(args.out, "w", encoding="utf-8") as out:
         while proc.poll() is None:
             t = time.monotonic() - start
-            rss = sum(status_kb(p, "VmRSS") for p in process_tree(proc.pid)) / 1024
-            hwm = status_kb(proc.pid, "VmHWM") / 1024
+            rss = sum(proc_kb(p, "status", "VmRSS") for p in process_tree(proc.pid)) / 1024
+            hwm = proc_kb(proc.pid, "status", "VmHWM") / 1024
             if rss >= 1:  # not the instant between fork and exec
                 samples.append((t, rss))
                 out.write(json.dumps({"seconds": round(t, 1), "rss_mb": round(rss, 1),

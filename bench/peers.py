@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     ceiling_of_runs,
     median,
     prepare_bench_data,
+    proc_kb,
     process_tree,
     run_child,
 )
@@ -189,21 +190,13 @@ def _run(argv: list[str], log_path: Path, threads: int) -> tuple[float, float]:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            tree_kb = max(tree_kb, sum(_pss_kb(p) for p in process_tree(proc.pid)))
+            pss = sum(proc_kb(p, "smaps_rollup", "Pss") for p in process_tree(proc.pid))
+            tree_kb = max(tree_kb, pss)
             time.sleep(0.2)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(argv[0]).name} failed ({proc.returncode}), see {log_path}")
     return usage.ru_maxrss / 1024, tree_kb / 1024
-
-
-def _pss_kb(pid: int) -> int:
-    """The proportional set size of process `pid` in KiB (0 if it has ended)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
-    except OSError:
-        return 0
 
 
 # One report line per step (`-report_every 1`), e.g.
