@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("name", ["sutskever2014.yaml", "tatoeba-cpu.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / name)
-    assert cfg.model.reverse_source
+    assert cfg.model.reverse_source in ("none", "words", "pieces")
 
 
 def test_paper_preset_is_the_paper():
@@ -29,7 +29,19 @@ def test_overrides_are_typed():
     cfg = load_config(CONFIGS / "tatoeba-cpu.yaml", ["optim.lr=0.5", "optim.max_steps=10",
                                                      "model.reverse_source=false"])
     assert cfg.optim.lr == 0.5 and cfg.optim.max_steps == 10
-    assert cfg.model.reverse_source is False
+    assert cfg.model.reverse_source == "none"
+
+
+@pytest.mark.parametrize("value, read", [("true", "pieces"), ("false", "none"),
+                                         ("words", "words"), ("pieces", "pieces")])
+def test_reverse_source_reads_words_pieces_and_the_old_booleans(value, read):
+    cfg = load_config(None, [f"model.reverse_source={value}"])
+    assert cfg.model.reverse_source == read
+
+
+def test_reverse_source_refuses_other_values():
+    with pytest.raises(ConfigError, match="model.reverse_source must be one of none, words"):
+        load_config(None, ["model.reverse_source=letters"])
 
 
 @pytest.mark.parametrize("text, message", [

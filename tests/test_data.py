@@ -7,13 +7,14 @@ from seq2seq.data import (
     Batch,
     BatchStream,
     DataDir,
+    SourceOrder,
     collate,
     make_batches,
     source_batch,
     target_batch,
 )
 from seq2seq.errors import DataError
-from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIALS, Vocabulary
 
 
 def test_truncated_binary_is_detected(data_dir, tmp_path):
@@ -58,23 +59,79 @@ def test_bucketing_keeps_padding_low_and_respects_token_budget():
     assert real / padded > 0.95  # sorted pools: source padding nearly gone
 
 
+PIECES, NONE = SourceOrder("pieces"), SourceOrder("none")
+
+
 def test_source_and_target_batches():
-    src, lens = source_batch([[4, 5, 6], [7]], reverse_source=True)
+    src, lens = source_batch([[4, 5, 6], [7]], PIECES)
     assert src.tolist() == [[6, 5, 4], [7, PAD_ID, PAD_ID]] and lens.tolist() == [3, 1]
-    src, _ = source_batch([[4, 5, 6]], reverse_source=False)
+    src, _ = source_batch([[4, 5, 6]], NONE)
     assert src.tolist() == [[4, 5, 6]]
     tgt_in, tgt_out = target_batch([[8, 9], [10]])
     assert tgt_in.tolist() == [[BOS_ID, 8, 9], [BOS_ID, 10, PAD_ID]]
     assert tgt_out.tolist() == [[8, 9, EOS_ID], [10, EOS_ID, PAD_ID]]
-    src, lens = source_batch([[], [4, 5]], reverse_source=True)  # empty: one <pad> step
+    src, lens = source_batch([[], [4, 5]], PIECES)  # empty: one <pad> step
     assert src.tolist() == [[PAD_ID, PAD_ID], [5, 4]] and lens.tolist() == [1, 2]
     tgt_in, tgt_out = target_batch([[]])
     assert tgt_in.tolist() == [[BOS_ID]] and tgt_out.tolist() == [[EOS_ID]]
 
 
+# Sentences as words, each word a list of pieces ("▁" marks a word's first piece).
+WORDED = [
+    [["▁The"], ["▁cat", "s"], ["▁sat", "."]],
+    [["▁un", "believ", "able"]],
+    [["s", "t"], ["▁end"]],  # starts mid-word: its first piece opens a word all the same
+    [["▁a"], ["▁b"], ["▁c"], ["▁d"]],
+    [],
+]
+
+
+def _slow_reversal(words: list[list[str]], unit: str) -> list[str]:
+    """The reference: reverse a list of words (each a list of pieces) word by word or piece
+    by piece, on strings."""
+    if unit == "words":
+        return [p for word in reversed(words) for p in word]
+    return [p for word in words for p in word][::-1]
+
+
+@pytest.mark.parametrize("unit", ["words", "pieces"])
+def test_source_order_reverses_like_a_slow_reference(unit):
+    words = sorted({p for s in WORDED for w in s for p in w})
+    vocab = Vocabulary([*SPECIALS, *words])
+    order = SourceOrder.of(unit, vocab.words, "sentencepiece")
+    rows = [vocab.encode(p for w in s for p in w) for s in WORDED]
+    src, lens = source_batch(rows, order)
+    for sentence, row, n in zip(WORDED, src.tolist(), lens.tolist()):
+        if sentence:
+            assert vocab.decode(row[:n]) == _slow_reversal(sentence, unit)
+    if unit == "words":  # the two reversals differ only where a word has several pieces
+        assert vocab.decode(src[0].tolist()) == ["▁sat", ".", "▁cat", "s", "▁The"]
+    # A word-level tokenizer: every token is a word, so both reversals read alike.
+    assert SourceOrder.of(unit, vocab.words, "moses")(np.arange(4, 9)).tolist() == [8, 7, 6, 5, 4]
+
+
+def test_source_order_of_a_data_directory_marks_sentencepiece_word_starts(tmp_path):
+    from seq2seq.prepare import prepare
+
+    for split, n in (("train", 300), ("valid", 20)):
+        for lang in ("en", "fr"):
+            lines = [f"line {i} with some wordy unbelievable sentence" for i in range(n)]
+            (tmp_path / f"{split}.{lang}").write_text("\n".join(lines) + "\n")
+    prepare(tmp_path / "train.en", tmp_path / "train.fr", tmp_path / "valid.en",
+            tmp_path / "valid.fr", tmp_path / "data", src_vocab=60, tgt_vocab=60,
+            tokenizer="sentencepiece")
+    data = DataDir(tmp_path / "data")
+    order = data.source_order("words")
+    starts = [w for w, s in zip(data.src_vocab.words, order.word_starts) if s]
+    assert starts and all(w.startswith("▁") for w in starts)
+    assert len(starts) < len(data.src_vocab) - 4  # some pieces continue a word
+    first = data.split("valid").src[0]
+    assert order(np.asarray(first)).tolist() != first[::-1].tolist()
+
+
 def _stream(data_dir, batch_size=100, world=1) -> BatchStream:
     return BatchStream(DataDir(data_dir).split("train"), BatchingConfig(batch_size=batch_size),
-                       seed=3, reverse_source=True, world=world)
+                       seed=3, order=PIECES, world=world)
 
 
 def _assert_same(a: Batch, b: Batch) -> None:
@@ -89,7 +146,7 @@ def test_stream_gives_the_batches_of_make_batches_epoch_after_epoch(data_dir):
         assert len(expected) == 15  # 1,500 pairs
         for i, indices in enumerate(expected):
             assert stream.epoch == pytest.approx(epoch + i / 15)
-            _assert_same(next(stream), collate(corpus, indices, reverse_source=True))
+            _assert_same(next(stream), collate(corpus, indices, PIECES))
     # At the end of an epoch the position stays there until the next batch is asked for.
     assert stream.epoch == 2.0 and stream.state_dict() == {"epoch": 1, "batch": 15}
     next(stream)

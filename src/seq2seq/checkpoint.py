@@ -2,7 +2,9 @@
 
 A *model bundle* (`best.pt`) carries everything needed to use the model:
 
-    config                 the run's config, `Config.to_dict()` (the reversal flag is in it)
+    config                 the run's config, `Config.to_dict()` (the reversal is in it:
+                           model.reverse_source; true / false from before words and
+                           pieces were told apart read as "pieces" / "none")
     model                  the Seq2Seq's state_dict
     src_vocab, tgt_vocab   the vocabularies' words, in id order
     tokenizer              {"src": settings, "tgt": settings}, `Tokenizer.to_dict()` (with
@@ -36,7 +38,7 @@ from typing import Any
 import torch
 
 from seq2seq.config import Config, config_from_dict
-from seq2seq.data import DataDir
+from seq2seq.data import DataDir, SourceOrder
 from seq2seq.errors import CheckpointError, ConfigError, DataError
 from seq2seq.model import Seq2Seq
 from seq2seq.text import Tokenizer
@@ -185,15 +187,16 @@ def load_bundle(path: str | Path, device: torch.device) -> ModelBundle:
     the file if its weights or tokenizer settings are damaged."""
     state = load_checkpoint(path, map_location=device)
     cfg = config_from_dict(state["config"], where=f"{path} (config)")
-    model = Seq2Seq(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the model: {str(err)[:200]}") from None
     try:
         tokenizers = [Tokenizer.from_dict(state["tokenizer"][side]) for side in ("src", "tgt")]
     except (DataError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: its tokenizer settings are damaged: {err}") from None
+    order = SourceOrder.of(cfg.model.reverse_source, state["src_vocab"], tokenizers[0].kind)
+    model = Seq2Seq(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model, order)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the model: {str(err)[:200]}") from None
     return ModelBundle(
         model.to(device).eval(), cfg, Vocabulary(state["src_vocab"]),
         Vocabulary(state["tgt_vocab"]), *tokenizers, state["max_len"], state["step"],

@@ -2,7 +2,7 @@
 
 A config file reads like the paper's hyper-parameter table::
 
-    model:    {embed_dim: 1000, hidden_size: 1000, num_layers: 4, reverse_source: true}
+    model:    {embed_dim: 1000, hidden_size: 1000, num_layers: 4, reverse_source: words}
     batching: {batch_size: 128}
     optim:    {optimizer: sgd, lr: 0.7, clip_norm: 5.0, epochs: 7.5, decay_start: 5.0}
 
@@ -49,7 +49,11 @@ class ModelConfig:
     hidden_size: int = field(default=512, metadata=at_least(1))
     num_layers: int = field(default=2, metadata=at_least(1))
     dropout: float = field(default=0.0, metadata=fraction())
-    reverse_source: bool = True
+    # How the encoder reads the source: "words" (the paper's reversal: the words' order
+    # reversed, each word's pieces kept in order), "pieces" (token by token), or "none".
+    # true / false, this key's values before words and pieces were told apart, read as
+    # "pieces" / "none" (what they did then).
+    reverse_source: Literal["none", "words", "pieces"] = "words"
     init_range: float = field(default=0.08, metadata=at_least(0.0))
     # The vocabulary sizes this preset expects `prepare` to produce. Training always takes
     # the sizes of the data directory it is given; these are used by `train --dry-run`
@@ -164,6 +168,10 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
                           ) from None
 
 
+# Values of earlier versions of a key and what they mean now.
+LEGACY_VALUES = {"model.reverse_source": {True: "pieces", False: "none"}}
+
+
 def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping")
@@ -181,6 +189,9 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, f"{prefix}{name}.", where)
         else:
+            legacy = LEGACY_VALUES.get(f"{prefix}{name}", {})
+            if isinstance(value, bool) and value in legacy:
+                value = legacy[value]
             values[name] = _check(value, hint, f"{prefix}{name}", where)
             _check_range(values[name], fields[name].metadata.get("range"), f"{prefix}{name}",
                          where)

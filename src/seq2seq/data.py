@@ -1,4 +1,5 @@
-"""The prepared corpus and its batches: the memory-mapped splits, bucketing, reversal, and
+"""The prepared corpus and its batches: the memory-mapped splits, bucketing, the source's
+reading order (`SourceOrder`: as written, or reversed by words or by pieces), and
 `BatchStream`, the training batches in order with the position in them.
 
 A data directory made by `seq2seq.prepare.prepare` holds::
@@ -78,6 +79,10 @@ class DataDir:
         if settings.get("sp_model"):
             settings["sp_model"] = (self.path / settings["sp_model"]).read_bytes()
         return Tokenizer.from_dict(settings)
+
+    def source_order(self, reverse: str) -> SourceOrder:
+        """The reading order `reverse` (one of REVERSALS) for this data's sources."""
+        return SourceOrder.of(reverse, self.src_vocab.words, self.meta["tokenizer"]["src"]["kind"])
 
     def split(self, name: str) -> ParallelCorpus:
         return ParallelCorpus(self.path / f"{name}.src", self.path / f"{name}.tgt")
@@ -179,17 +184,65 @@ class Batch:
         return Batch(*(t[lo:hi] for t in vars(self).values()))
 
 
-def source_batch(
-    sentences: Iterable[Iterable[int]], reverse_source: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad source sentences into (batch, src_len) ids and (batch,) lengths.
+REVERSALS = ("none", "words", "pieces")  # model.reverse_source
+WORD_START = "\u2581"  # SentencePiece's mark on a piece that begins a word
 
-    This is the one place the source is reversed ("a b c" -> "c b a"), for training and
-    translation alike; padding always goes at the end.
+
+class SourceOrder:
+    """The order the encoder reads a source in, the one place the source is reversed.
+
+    `reverse` is one of REVERSALS: "none" reads the source as written; "words" reverses the
+    order of its words and keeps each word's pieces in order (the paper's reversal:
+    "a b c" -> "c b a" for words a, b, c); "pieces" reverses it token by token, so a word
+    split into pieces is read backwards too. `word_starts[i]` says whether token i of the
+    source vocabulary begins a word; without it (word-level tokenizers) every token is a
+    word, and "words" and "pieces" read alike.
     """
-    rows = [_ids(s) for s in sentences]
-    if reverse_source:
-        rows = [r[::-1] for r in rows]
+
+    def __init__(self, reverse: str = "none", word_starts: np.ndarray | None = None):
+        if reverse not in REVERSALS:
+            raise ValueError(f"reverse must be one of {', '.join(REVERSALS)}, got {reverse!r}")
+        self.reverse = reverse
+        self.word_starts = None if word_starts is None else np.asarray(word_starts, bool)
+
+    @classmethod
+    def of(cls, reverse: str, src_words: list[str], tokenizer_kind: str) -> SourceOrder:
+        """The order for a source vocabulary (its words in id order) and tokenizer kind:
+        with SentencePiece, a word begins at every piece marked with WORD_START."""
+        if tokenizer_kind != "sentencepiece":
+            return cls(reverse)
+        return cls(reverse, np.fromiter((w.startswith(WORD_START) for w in src_words), bool,
+                                        count=len(src_words)))
+
+    def __call__(self, row: np.ndarray) -> np.ndarray:
+        """One source sentence's ids (a 1-D array) in reading order."""
+        if self.reverse == "none" or len(row) < 2:
+            return row
+        if self.reverse == "pieces" or self.word_starts is None:
+            return row[::-1]
+        # The first token opens a word whatever it is (a sentence may start mid-word).
+        cuts = np.flatnonzero(self.word_starts[row[1:]]) + 1
+        return np.concatenate(np.split(row, cuts)[::-1])
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, SourceOrder) and self.reverse == other.reverse
+                and np.array_equal(self._starts(), other._starts()))
+
+    def _starts(self) -> np.ndarray:
+        return np.zeros(0, bool) if self.word_starts is None else self.word_starts
+
+    def __repr__(self) -> str:
+        return f"SourceOrder({self.reverse!r})"
+
+
+def source_batch(
+    sentences: Iterable[Iterable[int]], order: SourceOrder
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad source sentences, read in `order`, into (batch, src_len) ids and (batch,)
+    lengths. Every path (training, validation, scoring, search) goes through here; padding
+    always goes at the end.
+    """
+    rows = [order(_ids(s)) for s in sentences]
     src, lens = _pad(rows, offset=0)
     # An empty source is read as one <pad> step, so that it still has a final state.
     return torch.from_numpy(src), torch.from_numpy(np.maximum(lens, 1))
@@ -225,9 +278,9 @@ def _pad(rows: list[np.ndarray], offset: int, width: int | None = None
     return out, lens
 
 
-def collate(corpus: ParallelCorpus, indices: np.ndarray, reverse_source: bool) -> Batch:
-    """The Batch of sentences `indices` of `corpus`."""
-    src, src_lens = source_batch((corpus.src[i] for i in indices), reverse_source)
+def collate(corpus: ParallelCorpus, indices: np.ndarray, order: SourceOrder) -> Batch:
+    """The Batch of sentences `indices` of `corpus`, sources read in `order`."""
+    src, src_lens = source_batch((corpus.src[i] for i in indices), order)
     tgt_in, tgt_out = target_batch(corpus.tgt[i] for i in indices)
     return Batch(src, src_lens, tgt_in, tgt_out)
 
@@ -244,17 +297,17 @@ class BatchStream:
     `state_dict()` / `load_state_dict()` carry it across a resumption, and the batches
     that follow are those of an uninterrupted run.
 
-        stream = BatchStream(data.split("train"), cfg.batching, seed=1, reverse_source=True)
+        stream = BatchStream(data.split("train"), cfg.batching, seed=1, order=model.source_order)
         batch = next(stream)   # the next global Batch
         stream.epoch           # fractional epoch of the batch after it, e.g. 2.25
     """
 
     def __init__(self, corpus: ParallelCorpus, batching: BatchingConfig, seed: int,
-                 reverse_source: bool, world: int = 1):
+                 order: SourceOrder, world: int = 1):
         self.corpus = corpus
         self.batching = batching
         self.seed = seed
-        self.reverse_source = reverse_source
+        self.order = order
         self.world = world
         self.epoch_index = 0  # the epoch of the next batch
         # The index of the next batch in its epoch. It may equal the epoch's length: the
@@ -289,7 +342,7 @@ class BatchStream:
             self.epoch_index, self.batch_index = self.epoch_index + 1, 0
         indices = self.epoch_batches(self.epoch_index)[self.batch_index]
         self.batch_index += 1
-        return collate(self.corpus, indices, self.reverse_source)
+        return collate(self.corpus, indices, self.order)
 
     def state_dict(self) -> dict[str, int]:
         """The position: {"epoch": epoch of the next batch, "batch": its index there}."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from seq2seq.config import ModelConfig
+from seq2seq.data import SourceOrder
 from seq2seq.vocab import PAD_ID
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hidden_size)
@@ -74,12 +75,15 @@ class Decoder(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """Encoder + decoder; `reverse_source` is kept so translation reverses as training did."""
+    """Encoder + decoder. `source_order` is the order the encoder reads sources in
+    (`cfg.reverse_source` with the source vocabulary's word starts), kept with the model so
+    that every path feeds it sources as training did; without it every token is a word."""
 
-    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cfg: ModelConfig):
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, cfg: ModelConfig,
+                 source_order: SourceOrder | None = None):
         super().__init__()
         self.cfg = cfg
-        self.reverse_source = cfg.reverse_source
+        self.source_order = source_order or SourceOrder(cfg.reverse_source)
         self.encoder = Encoder(src_vocab_size, cfg)
         self.decoder = Decoder(tgt_vocab_size, cfg)
         for p in self.parameters():

@@ -61,7 +61,7 @@ class Ensemble:
         """Each model encodes the sources with its own reversal setting."""
         states = []
         for model in self.models:
-            src, lens = source_batch(sources, model.reverse_source)
+            src, lens = source_batch(sources, model.source_order)
             states.append(model.encode(src.to(self.device), lens))
         return states
 
@@ -100,7 +100,7 @@ class Ensemble:
         tgt_in, tgt_out = (t.to(self.device) for t in target_batch(targets))
         total = 0
         for model in self.models:
-            src, lens = source_batch(sources, model.reverse_source)
+            src, lens = source_batch(sources, model.source_order)
             total = total - model.token_nll(src.to(self.device), lens, tgt_in, tgt_out)
         return total / len(self.models)
 

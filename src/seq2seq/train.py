@@ -97,7 +97,8 @@ class Trainer:
         # `ddp_model` is what training calls forward on: under torchrun it is
         # DistributedDataParallel(model), whose backward averages the gradients over the
         # ranks; in one process it is `model` itself.
-        self.model = Seq2Seq(len(self.data.src_vocab), len(self.data.tgt_vocab), cfg.model)
+        self.model = Seq2Seq(len(self.data.src_vocab), len(self.data.tgt_vocab), cfg.model,
+                             self.data.source_order(cfg.model.reverse_source))
         self.model.to(self.device)
         self.ddp_model: torch.nn.Module = self.model
         if self.world > 1:
@@ -107,7 +108,7 @@ class Trainer:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model,
                                                                        device_ids=ids)
         self.stream = BatchStream(self.data.split("train"), cfg.batching, cfg.train.seed,
-                                  self.model.reverse_source, self.world)
+                                  self.model.source_order, self.world)
         self.optimizer = _make_optimizer(self.model, cfg.optim)
         self.precision = check_precision(cfg.train.precision, self.device)
         if self.precision != cfg.train.precision:
@@ -324,7 +325,7 @@ class Trainer:
         self.model.eval()
         total_nll, total_tokens = 0.0, 0
         for idx in self._valid_batches():
-            batch = collate(self.valid_set, idx, self.model.reverse_source).to(self.device)
+            batch = collate(self.valid_set, idx, self.model.source_order).to(self.device)
             with autocast(self.device, self.precision):
                 _, nll = self.model(batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out,
                                     self.cfg.train.loss_chunk)

@@ -195,7 +195,7 @@ class Translator:
         out = np.zeros((len(sources), 0), dtype=np.float32)
         rows = {}
         for idx in _length_batches(sources, batch_size, skip_empty=False):
-            src, lens = source_batch([sources[i] for i in idx], model.reverse_source)
+            src, lens = source_batch([sources[i] for i in idx], model.source_order)
             h, _ = model.encode(src.to(self.ensemble.device), lens)  # (layers, b, hidden)
             vec = h[-1] if layers == "top" else h.permute(1, 0, 2).reshape(len(idx), -1)
             rows.update(zip(idx, vec.float().cpu().numpy()))
