@@ -1,4 +1,7 @@
+import gzip
 import json
+import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -7,16 +10,26 @@ from seq2seq.analysis import (
     NbestEntry,
     bleu_by_bucket,
     bleu_by_length,
+    bleu_by_rarity,
     equal_count_buckets,
     length_buckets,
     mean_frequency_rank,
+    mean_training_rank,
+    nll_profile,
     pca_2d,
     read_metrics,
     read_nbest,
     rescore,
+    source_words,
+    target_words,
+    token_nlls,
+    token_perplexity,
+    training_word_ranks,
 )
 from seq2seq.cli import main
-from seq2seq.errors import DataError
+from seq2seq.errors import ArgumentError, DataError
+from seq2seq.stats import perplexity_per_word
+from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import Vocabulary
 
 REF = ["le chat dort", "le chien mange sa soupe", "il pleut", "nous partons demain matin tôt"]
@@ -44,6 +57,96 @@ def test_frequency_ranks_by_hand():
     vocab = Vocabulary(["<pad>", "<unk>", "<s>", "</s>", "the", "cat", "dog"])
     assert mean_frequency_rank(["the", "dog", "zebra"], vocab) == pytest.approx((1 + 3 + 4) / 3)
     assert mean_frequency_rank(["cat"], vocab) == 2
+
+
+def experiments_rarity(train_path, sentences):
+    """experiments/paper.py's rarity before it moved here (word_ranks and task_model), copied
+    as the reference that the library's must equal."""
+    tok = Tokenizer("moses", "en")
+    counts = Counter(w for line in read_lines(train_path) for w in tok.tokenize(line))
+    ranks = {w: rank for rank, (w, _) in enumerate(counts.most_common(), start=1)}
+    words = [tok.tokenize(line) for line in sentences]
+    unknown = len(ranks) + 1
+    return ranks, [float(np.mean([ranks.get(w, unknown) for w in ws])) if ws else 0.0
+                   for ws in words]
+
+
+def test_training_word_ranks_are_the_experiments(tmp_path, corpus):
+    train = tmp_path / "train.en.gz"
+    with gzip.open(train, "wt", encoding="utf-8") as f:
+        f.write("the cat sat.\nthe dog sat on the mat.\nA cat!\n")
+    ranks = training_word_ranks(train, "en")
+    # the x3, sat x2, . x2, cat x2 (ties in order of first appearance), then the rest once.
+    assert list(ranks.items())[:5] == [("the", 1), ("cat", 2), ("sat", 3), (".", 4),
+                                       ("dog", 5)]
+    assert ranks == training_word_ranks(["the cat sat.", "the dog sat on the mat.", "A cat!"])
+    assert mean_training_rank(["the cat", "zebra", ""], ranks) == [1.5, len(ranks) + 1, 0.0]
+    # On a real slice: the same ranks and rarity as experiments/paper.py computed them.
+    sources = list(read_lines(corpus["valid_src"]))
+    expected_ranks, expected = experiments_rarity(corpus["train_src"], sources)
+    ranks = training_word_ranks(corpus["train_src"], "en")
+    assert ranks == expected_ranks
+    assert mean_training_rank(sources, ranks, "en") == expected
+
+
+def test_bleu_by_rarity_checks_its_bucket_count():
+    rarity = [1.0, 2.0, 3.0, 4.0]
+    assert sum(b.sentences for b in bleu_by_rarity(rarity, REF, REF, buckets=2)) == 4
+    with pytest.raises(ArgumentError, match="buckets must be an integer >= 1, got 0"):
+        bleu_by_rarity(rarity, REF, REF, buckets=0)
+
+
+def test_token_nlls_sum_to_minus_the_score(translator, corpus):
+    sources = list(read_lines(corpus["valid_src"]))[:20] + ["", "Tom."]
+    refs = list(read_lines(corpus["valid_tgt"]))[:20] + ["Rien.", ""]
+    nlls = token_nlls(translator, sources, refs, batch_size=6)  # several batches, unsorted
+    assert [len(x) for x in nlls] == [len(t) + 1 for t in translator.target_ids(refs)]
+    assert all(x.dtype == np.float64 and (x > 0).all() for x in nlls)
+    scores = translator.score(sources, refs)
+    assert [-float(x.sum()) for x in nlls] == pytest.approx(scores, abs=1e-4)
+    one_batch = token_nlls(translator, sources, refs, batch_size=64)
+    assert np.concatenate(one_batch) == pytest.approx(np.concatenate(nlls), abs=1e-5)
+    assert token_perplexity(nlls) == pytest.approx(
+        math.exp(-sum(scores) / sum(len(x) for x in nlls)))
+    with pytest.raises(ArgumentError, match="22 sources but 21 references"):
+        token_nlls(translator, sources, refs[:-1])
+
+
+def test_nll_profile_and_per_word_perplexity_by_hand():
+    nlls = [np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.5]), np.array([4.0])]
+    profile = nll_profile(nlls, [3, 12, 40], length_edges=(1, 10, 20, 30),
+                          position_edges=(1, 2, 4))
+    by_length = [(b["low"], b["high"], b["tokens"]) for b in profile["by_length"]]
+    assert by_length == [(1, 10, 3), (10, 20, 2), (20, 30, 0)]  # length 40: not counted
+    assert [b["ppl"] for b in profile["by_length"][:2]] == pytest.approx(
+        [math.exp(6 / 3), math.exp(1 / 2)])
+    assert math.isnan(profile["by_length"][2]["ppl"])
+    # position 1: 1, 0.5, 4; positions 2-3: 2, 3, 0.5.
+    assert [(b["low"], b["high"], b["tokens"]) for b in profile["by_position"]] == [
+        (1, 2, 3), (2, 4, 3)]
+    assert [b["ppl"] for b in profile["by_position"]] == pytest.approx(
+        [math.exp(5.5 / 3), math.exp(5.5 / 3)])
+    # The same 11 nats over 3 + 1 + 1 words and 3 </s> (8) instead of 6 pieces and </s>.
+    refs = ["Le chat.", "Oui", "Non"]
+    assert target_words(refs) == [3, 1, 1]
+    assert perplexity_per_word(sum(x.sum() for x in nlls), sum(target_words(refs)), 3) == \
+        pytest.approx(math.exp(11 / 8))
+    assert token_perplexity(nlls) == pytest.approx(math.exp(11 / 6))
+    with pytest.raises(ArgumentError, match="position_edges"):
+        nll_profile(nlls, [3, 12, 40], position_edges=(1, 1))
+
+
+def test_nll_profile_pools_every_token_of_the_test_set(translator, corpus):
+    sources = list(read_lines(corpus["valid_src"]))
+    refs = list(read_lines(corpus["valid_tgt"]))
+    nlls = token_nlls(translator, sources, refs)
+    profile = nll_profile(nlls, source_words(sources))
+    total = sum(len(x) for x in nlls)
+    assert max(source_words(sources)) < 101 and max(len(x) for x in nlls) < 201
+    for key in ("by_length", "by_position"):
+        assert sum(b["tokens"] for b in profile[key]) == total
+        nats = sum(b["tokens"] * math.log(b["ppl"]) for b in profile[key] if b["tokens"])
+        assert nats == pytest.approx(-sum(translator.score(sources, refs)), rel=1e-6)
 
 
 def test_equal_count_buckets_split_evenly():
@@ -108,6 +211,49 @@ def test_plot_commands_write_readable_files(capsys, tmp_path, trained_run, corpu
     by_length = json.loads(capsys.readouterr().out)["by_length"]["buckets"]
     plotted = json.loads((tmp_path / "length.json").read_text())["buckets"]
     assert by_length == plotted  # one length measure and one bucketing for both verbs
+
+
+def test_plot_rarity_by_training_words_and_profile(capsys, tmp_path, trained_run, corpus):
+    from seq2seq.translator import Translator
+
+    model = str(trained_run / "best.pt")
+    src, ref = str(corpus["valid_src"]), str(corpus["valid_tgt"])
+    hyps = tmp_path / "hyps.fr"
+    hyps.write_text(corpus["valid_tgt"].read_text())  # perfect translations: no decoding
+    code = main(["plot", "rarity", "--measure", "train-words", "--train-src",
+                 str(corpus["train_src"]), "--model", model, "--src", src, "--ref", ref,
+                 "--hyps", str(hyps), "--buckets", "4", "--out", str(tmp_path / "rarity")])
+    assert code == 0
+    buckets = json.loads((tmp_path / "rarity.json").read_text())["buckets"]
+    sources = list(read_lines(src))
+    _, rarity = experiments_rarity(corpus["train_src"], sources)
+    assert [(b["low"], b["high"], b["sentences"]) for b in buckets] == [
+        (b.low, b.high, b.sentences) for b in bleu_by_bucket(
+            rarity, sources, sources, equal_count_buckets(rarity, 4))]
+    assert (tmp_path / "rarity.png").exists() and (tmp_path / "rarity.svg").exists()
+
+    capsys.readouterr()
+    code = main(["plot", "profile", "--model", model, "--src", src, "--ref", ref,
+                 "--out", str(tmp_path / "profile")])
+    assert code == 0
+    assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "profile.svg").exists()
+    data = json.loads((tmp_path / "profile.json").read_text())
+    refs = list(read_lines(ref))
+    nlls = token_nlls(Translator.load(model, device="cpu"), sources, refs)
+    expected = nll_profile(nlls, source_words(sources))
+    for key in ("by_length", "by_position"):
+        assert [b["tokens"] for b in data[key]] == [b["tokens"] for b in expected[key]]
+        assert [b["ppl"] for b in data[key]] == pytest.approx(
+            [b["ppl"] for b in expected[key]], nan_ok=True)
+    assert data["sentences"] == 100
+    assert data["ppl"] == pytest.approx(token_perplexity(nlls))
+    # The tiny model's tokens are Moses words, so per word and per piece agree.
+    total = sum(float(x.sum()) for x in nlls)
+    assert data["ppl_per_word"] == pytest.approx(
+        perplexity_per_word(total, sum(target_words(refs)), len(refs)))
+    assert data["ppl_per_word"] == pytest.approx(data["ppl"])
+    assert "tgt position | tokens |     ppl" in capsys.readouterr().out
 
 
 def test_plot_curves_draws_runs_and_reports_their_validation(capsys, tmp_path, trained_run):

@@ -270,6 +270,20 @@ def test_plot_bucket_sizes_are_checked(capsys, trained_run, corpus, tmp_path):
     one_line_error(code, err, "width must be an integer >= 1, got 0")
 
 
+def test_plot_rarity_by_training_words_needs_a_readable_file(capsys, trained_run, corpus,
+                                                             tmp_path):
+    argv = ["plot", "rarity", "--model", trained_run / "best.pt", "--src", corpus["valid_src"],
+            "--ref", corpus["valid_tgt"], "--beam", "1", "--out", tmp_path / "x"]
+    code, _, err = run(capsys, *argv, "--measure", "train-words")
+    one_line_error(code, err, "--measure train-words and --train-src FILE go together")
+    code, _, err = run(capsys, *argv, "--train-src", corpus["train_src"])
+    one_line_error(code, err, "--measure train-words and --train-src FILE go together")
+    code, _, err = run(capsys, *argv, "--measure", "train-words", "--train-src",
+                       tmp_path / "missing.en.gz")
+    one_line_error(code, err, "missing.en.gz: file not found")
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("verb", ["translate", "score", "evaluate", "rescore", "plot", "serve"])
 def test_every_decoding_verb_loads_the_precision_asked_for(capsys, monkeypatch, tmp_path,

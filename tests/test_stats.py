@@ -93,5 +93,7 @@ def test_paired_bleu_uses_sacrebleu_and_separates_systems():
     for test in ("bs", "ar"):
         worse = paired_bleu(REFS, broken, REFS, test=test)
         assert worse.treated < worse.control and worse.p < 0.01 and worse.test == test
+    # Equal BLEU is no difference at all (sacreBLEU alone would say p = 1 / 1,001).
+    assert paired_bleu(broken, list(broken), REFS).p == 1.0
     with pytest.raises(ValueError, match="pair up"):
         paired_bleu(REFS, broken[:3], REFS)

@@ -1,29 +1,48 @@
 """The paper's analyses: Figure 2 (sentence vectors in 2-D) and Figure 3 (BLEU by length and
-by word rarity), and rescoring of n-best lists (Table 2).
+by word rarity), rescoring of n-best lists (Table 2), and where in a sentence the model's
+perplexity lies (per source length and per target position).
 
 Figure 3's buckets (`bleu_by_length`, `bleu_by_rarity`: the one place they are made, for
 `seq2seq plot`, `seq2seq evaluate --by-length` and the experiments):
 - length: the source sentence's length in words (Moses tokens, whatever the model's own
   tokenizer: the paper's measure, the same for every model), in fixed-width buckets;
-- rarity: the mean frequency rank of the source sentence's tokens, where a token's rank is
-  its position in the model's source vocabulary (1 = most frequent; a token outside the
-  vocabulary ranks just after the last one), in buckets holding equal numbers of sentences.
+- rarity: the mean frequency rank of the source sentence's words (1 = most frequent; an
+  unknown word ranks just after the last one), in buckets holding equal numbers of
+  sentences. Two rankings (`seq2seq plot rarity --measure`): "vocab", the model's own
+  tokens ranked by their position in its source vocabulary (`mean_vocab_rank`), and
+  "train-words", Moses words ranked by their count in the training source text
+  (`training_word_ranks`, `mean_training_rank`: the same for every model, like length).
+
+The perplexity profile (`token_nlls`, `nll_profile`): the teacher-forced -log p of every
+reference piece and </s>, pooled per bucket of source length in words (LENGTH_EDGES) and
+per target position (POSITION_EDGES), where reversing the source should act.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
-from collections import defaultdict
-from collections.abc import Sequence
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sacrebleu
 
-from seq2seq.errors import DataError, check_integer
-from seq2seq.text import Tokenizer
+from seq2seq.errors import ArgumentError, DataError, check_integer
+from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import SPECIALS, Vocabulary
+
+if TYPE_CHECKING:
+    from seq2seq.translator import Translator
+
+# Figure 3, left: source length in words, the buckets the paper's plot spans ([low, high)).
+LENGTH_EDGES = (1, 10, 15, 20, 25, 30, 35, 40, 50, 101)
+# Target position in pieces (1 = the first, </s> last): where reversal should matter.
+POSITION_EDGES = (1, 4, 8, 12, 16, 21, 31, 41, 61, 201)
 
 
 @dataclass
@@ -72,8 +91,18 @@ def bleu_by_bucket(
 
 def source_words(sources: Sequence[str], lang: str = "en") -> list[int]:
     """The length in words (Moses tokens) of each source sentence."""
+    return _moses_words(sources, lang)
+
+
+def target_words(refs: Sequence[str], lang: str = "fr") -> list[int]:
+    """The length in words (Moses tokens, as `source_words`) of each reference sentence: the
+    words of `stats.perplexity_per_word`."""
+    return _moses_words(refs, lang)
+
+
+def _moses_words(sentences: Sequence[str], lang: str) -> list[int]:
     tok = Tokenizer("moses", lang)
-    return [len(tok.tokenize(s)) for s in sources]
+    return [len(tok.tokenize(s)) for s in sentences]
 
 
 def bleu_by_length(
@@ -88,14 +117,12 @@ def bleu_by_length(
 
 
 def bleu_by_rarity(
-    sources: Sequence[str], hyps: Sequence[str], refs: Sequence[str], tokenizer: Tokenizer,
-    vocab: Vocabulary, buckets: int = 8,
+    rarity: Sequence[float], hyps: Sequence[str], refs: Sequence[str], buckets: int = 8,
 ) -> list[Bucket]:
-    """Figure 3, right: corpus BLEU per bucket of the sources' mean frequency rank (tokens
-    of the model's `tokenizer`, ranked in its source `vocab`), in `buckets` equal-sized groups."""
+    """Figure 3, right: corpus BLEU per bucket of the sources' `rarity` (one mean rank per
+    sentence: `mean_vocab_rank` or `mean_training_rank`), in `buckets` equal-sized groups."""
     check_integer("buckets", buckets, 1)
-    ranks = [mean_frequency_rank(tokenizer.tokenize(s), vocab) for s in sources]
-    return bleu_by_bucket(ranks, hyps, refs, equal_count_buckets(ranks, buckets))
+    return bleu_by_bucket(rarity, hyps, refs, equal_count_buckets(rarity, buckets))
 
 
 def mean_frequency_rank(tokens: Sequence[str], vocab: Vocabulary) -> float:
@@ -104,6 +131,37 @@ def mean_frequency_rank(tokens: Sequence[str], vocab: Vocabulary) -> float:
     ranks = [vocab.index[t] - len(SPECIALS) + 1 if t in vocab.index else unknown
              for t in tokens]
     return float(np.mean(ranks)) if ranks else 0.0
+
+
+def mean_vocab_rank(sentences: Sequence[str], tokenizer: Tokenizer,
+                    vocab: Vocabulary) -> list[float]:
+    """Rarity "vocab": each sentence's mean rank of its `tokenizer` tokens in the model's
+    source `vocab` (`mean_frequency_rank`); 0 for an empty sentence."""
+    return [mean_frequency_rank(tokenizer.tokenize(s), vocab) for s in sentences]
+
+
+def training_word_ranks(path_or_lines: str | Path | Iterable[str],
+                        lang: str = "en") -> dict[str, int]:
+    """The frequency rank of each word (Moses token) of the training source text: 1 = most
+    frequent, ties in order of first appearance. `path_or_lines`: a file (.gz/.xz read as
+    compressed; a str is a path) or the lines themselves."""
+    lines = read_lines(path_or_lines) if isinstance(path_or_lines, str | Path) else path_or_lines
+    tok = Tokenizer("moses", lang)
+    counts = Counter(w for line in lines for w in tok.tokenize(line))
+    return {w: rank for rank, (w, _) in enumerate(counts.most_common(), start=1)}
+
+
+def mean_training_rank(sentences: Sequence[str], ranks: dict[str, int],
+                       lang: str = "en") -> list[float]:
+    """Rarity "train-words": each sentence's mean rank (`training_word_ranks`) of its Moses
+    words; a word unseen in training ranks len(ranks) + 1; 0 for an empty sentence."""
+    tok = Tokenizer("moses", lang)
+    unknown = len(ranks) + 1
+    out = []
+    for sentence in sentences:
+        words = tok.tokenize(sentence)
+        out.append(float(np.mean([ranks.get(w, unknown) for w in words])) if words else 0.0)
+    return out
 
 
 def buckets_to_json(buckets: list[Bucket], what: str) -> str:
@@ -130,6 +188,123 @@ def plot_buckets(buckets: list[Bucket], xlabel: str, title: str, out: Path) -> l
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, out)
+
+
+# --------------------------------------------------------------------------- perplexity profile
+
+
+def token_nlls(translator: Translator, sources: Sequence[str], refs: Sequence[str],
+               batch_size: int = 64) -> list[np.ndarray]:
+    """Teacher-forced -log p(y_t | y_<t, S) of every piece of each reference and of its </s>:
+    one float64 array (len(pieces) + 1,) per sentence, in order. Summed, -`Translator.score`.
+
+    Computed as `score` computes it: `batch_size` sentences at a time, sorted by source length.
+    """
+    import torch
+
+    from seq2seq.device import autocast
+    from seq2seq.search import check_decoding
+
+    check_decoding(batch_size=batch_size)
+    if len(sources) != len(refs):
+        raise ArgumentError(f"{len(sources)} sources but {len(refs)} references")
+    src_ids, tgt_ids = translator.source_ids(sources), translator.target_ids(refs)
+    order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))
+    nlls: list[np.ndarray] = [np.zeros(0)] * len(src_ids)
+    ensemble = translator.ensemble
+    for k in range(0, len(order), batch_size):
+        rows = order[k:k + batch_size]
+        with torch.inference_mode(), autocast(ensemble.device, translator.precision):
+            logp = ensemble.token_logprobs([src_ids[i] for i in rows],
+                                           [tgt_ids[i] for i in rows])  # (rows, tgt_len + 1)
+        for i, row in zip(rows, logp.float().cpu().numpy()):
+            nlls[i] = -row[:len(tgt_ids[i]) + 1].astype(np.float64)  # the pieces and </s>
+    return nlls
+
+
+def nll_profile(
+    nlls: Sequence[np.ndarray], source_lengths: Sequence[int],
+    length_edges: Sequence[int] = LENGTH_EDGES, position_edges: Sequence[int] = POSITION_EDGES,
+) -> dict[str, list[dict]]:
+    """Perplexity per target piece (</s> included) of the `token_nlls`, pooled per bucket.
+
+    "by_length": the sentences whose `source_lengths` (words: `source_words`) fall in each
+    [low, high) range of `length_edges`; "by_position": the pieces at each target position
+    (1 = the first) in a range of `position_edges`. Each bucket is {"low", "high", "tokens",
+    "ppl"} (ppl NaN where tokens is 0); what falls outside the edges is not counted.
+    """
+    if len(nlls) != len(source_lengths):
+        raise ArgumentError(f"{len(nlls)} sentences of NLLs but {len(source_lengths)} "
+                            "source lengths")
+    _check_edges("length_edges", length_edges)
+    _check_edges("position_edges", position_edges)
+    sums = {"by_length": np.zeros((len(length_edges) - 1, 2)),
+            "by_position": np.zeros((len(position_edges) - 1, 2))}  # (buckets, [nll, tokens])
+    for nll, length in zip(nlls, source_lengths):
+        at = _edge_index(length, length_edges)
+        if at is not None:
+            sums["by_length"][at] += (float(np.sum(nll)), len(nll))
+        for position, x in enumerate(nll, start=1):
+            at = _edge_index(position, position_edges)
+            if at is not None:
+                sums["by_position"][at] += (float(x), 1)
+    return {key: [{"low": lo, "high": hi, "tokens": int(n),
+                   "ppl": math.exp(total / n) if n else float("nan")}
+                  for lo, hi, (total, n) in zip(edges[:-1], edges[1:], sums[key])]
+            for key, edges in (("by_length", length_edges), ("by_position", position_edges))}
+
+
+def _check_edges(name: str, edges: Sequence[int]) -> None:
+    if len(edges) < 2 or any(a >= b for a, b in zip(edges[:-1], edges[1:])):
+        raise ArgumentError(f"{name} must be at least two increasing numbers, got "
+                            f"{tuple(edges)}", argument=name)
+
+
+def _edge_index(value: float, edges: Sequence[int]) -> int | None:
+    """The k of the range [edges[k], edges[k + 1]) that holds `value`, or None."""
+    k = bisect.bisect_right(edges, value) - 1
+    return k if 0 <= k < len(edges) - 1 else None
+
+
+def token_perplexity(nlls: Sequence[np.ndarray]) -> float:
+    """exp(mean NLL per target piece, </s> included) of `token_nlls`: `seq2seq evaluate`'s
+    perplexity. Per word: `stats.perplexity_per_word` with `target_words`."""
+    return math.exp(sum(float(np.sum(x)) for x in nlls) / sum(len(x) for x in nlls))
+
+
+def profile_table(profile: dict[str, list[dict]]) -> str:
+    rows = []
+    for key, what in (("by_length", "src words"), ("by_position", "tgt position")):
+        rows += [f"{what:>12} | tokens |     ppl", "-" * 32]
+        rows += [f"{_range_label(b):>12} | {b['tokens']:>6} | {b['ppl']:7.2f}"
+                 for b in profile[key]]
+    return "\n".join(rows)
+
+
+def plot_profile(profile: dict[str, list[dict]], out: Path,
+                 title: str = "Teacher-forced test perplexity") -> list[Path]:
+    """Two panels: perplexity by source length in words (left) and by target position
+    (right), one point per non-empty bucket, its token count written beside it."""
+    fig, axes = figure(ncols=2, figsize=(12, 4.5))
+    for ax, key, xlabel in zip(axes, ("by_length", "by_position"),
+                               ("source length (words)", "target position (pieces)")):
+        buckets = [b for b in profile[key] if b["tokens"]]
+        ax.plot(range(len(buckets)), [b["ppl"] for b in buckets], marker="o")
+        for x, b in enumerate(buckets):
+            ax.annotate(f"n={b['tokens']}", (x, b["ppl"]), textcoords="offset points",
+                        xytext=(0, 7), ha="center", fontsize=7)
+        ax.set_xticks(range(len(buckets)))
+        ax.set_xticklabels([_range_label(b) for b in buckets], fontsize=8)
+        ax.set(xlabel=xlabel, ylabel="perplexity per target piece")
+        ax.margins(y=0.15)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title} (n: target pieces in the bucket, </s> included)")
+    return save_figure(fig, out)
+
+
+def _range_label(bucket: dict) -> str:
+    """An integer range [low, high) as its first and last values: "1-9"."""
+    return f"{bucket['low']}-{bucket['high'] - 1}"
 
 
 # --------------------------------------------------------------------------- Figure 2
@@ -236,8 +411,6 @@ class NbestEntry:
 
 def read_nbest(path: str | Path) -> list[NbestEntry]:
     """Moses-style n-best lines `index ||| hypothesis ||| ... ||| score` (score last)."""
-    from seq2seq.text import read_lines
-
     entries = []
     for number, line in enumerate(read_lines(path), start=1):
         fields = [f.strip() for f in line.split("|||")]

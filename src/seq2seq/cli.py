@@ -27,6 +27,11 @@ EXAMPLES = {
                "--weight 0.5 --one-best",
     "plot": "seq2seq plot length --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
             "--ref data/tatoeba-en-fr/test.fr --out plots/length\n"
+            "  seq2seq plot rarity --measure train-words --train-src "
+            "data/tatoeba-en-fr/train.en.gz --model runs/tatoeba/best.pt --src "
+            "data/tatoeba-en-fr/test.en --ref data/tatoeba-en-fr/test.fr --out plots/rarity\n"
+            "  seq2seq plot profile --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
+            "--ref data/tatoeba-en-fr/test.fr --out plots/profile\n"
             "  seq2seq plot curves runs/forward runs/reversed --out plots/curves",
     "serve": "seq2seq serve --model runs/tatoeba/best.pt --port 8000  "
              "# then open http://127.0.0.1:8000/",
@@ -137,23 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-best", action="store_true",
                    help="print only the best hypothesis of each source")
 
-    p = verb("plot", "Figure 2 (pca), Figure 3 (length, rarity) of the paper, and training "
-             "curves (curves RUN_DIR...).", cmd_plot)
-    p.add_argument("kind", choices=("pca", "length", "rarity", "curves"))
+    p = verb("plot", "Figure 2 (pca), Figure 3 (length, rarity) of the paper, test perplexity "
+             "by source length and target position (profile), and training curves (curves "
+             "RUN_DIR...).", cmd_plot)
+    p.add_argument("kind", choices=("pca", "length", "rarity", "profile", "curves"))
     p.add_argument("runs", nargs="*", metavar="RUN_DIR",
                    help="curves: run directories of `seq2seq train` (their metrics.jsonl)")
     _model_args(p, required=False)
-    p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="writes PREFIX.png and PREFIX.svg (and PREFIX.json for length/rarity)")
+    p.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.png and "
+                   "PREFIX.svg (and PREFIX.json for length/rarity/profile)")
     p.add_argument("--phrases", metavar="FILE", help="pca: one phrase per line")
     p.add_argument("--layers", choices=("top", "all"), default="top",
                    help="pca: top layer's h, or all layers' h concatenated")
-    p.add_argument("--src", metavar="FILE", help="length/rarity: test sources")
-    p.add_argument("--ref", metavar="FILE", help="length/rarity: references")
+    p.add_argument("--src", metavar="FILE", help="length/rarity/profile: test sources")
+    p.add_argument("--ref", metavar="FILE", help="length/rarity/profile: references")
     p.add_argument("--hyps", metavar="FILE",
                    help="length/rarity: existing translations (else they are made)")
     p.add_argument("--buckets", type=int, default=8, metavar="N",
                    help="rarity: number of equal-size buckets (default 8)")
+    p.add_argument("--measure", choices=("vocab", "train-words"), default="vocab",
+                   help="rarity: rank the model's tokens by their place in its source "
+                        "vocabulary (vocab, the default), or the Moses words by their count "
+                        "in --train-src (train-words: the same for every model)")
+    p.add_argument("--train-src", metavar="FILE",
+                   help="rarity --measure train-words: the training sources (.gz/.xz read "
+                        "as compressed)")
     p.add_argument("--width", type=int, default=5, metavar="N",
                    help="length: bucket width in source words (default 5)")
 
@@ -380,6 +393,8 @@ def cmd_plot(args) -> None:
         raise Seq2SeqError(f"plot {args.kind} takes no RUN_DIR (only plot curves does)")
     if not args.model:
         raise Seq2SeqError(f"plot {args.kind} needs --model CKPT")
+    if args.kind == "rarity" and (args.measure == "train-words") != bool(args.train_src):
+        raise Seq2SeqError("plot rarity: --measure train-words and --train-src FILE go together")
     translator = _load(args)
     if args.kind == "pca":
         if not args.phrases:
@@ -392,29 +407,75 @@ def cmd_plot(args) -> None:
         return
     if not args.src or not args.ref:
         raise Seq2SeqError(f"plot {args.kind} needs --src FILE and --ref FILE")
-    sources, refs = zip(*read_pairs(args.src, args.ref))
-    if args.hyps:
-        hyps = list(read_lines(args.hyps))
-        if len(hyps) != len(sources):
-            raise DataError(f"{args.hyps} has {len(hyps)} lines but {args.src} has "
-                            f"{len(sources)}")
-    else:
-        hyps = [t.text for t in translator.translate(
-            sources, beam=args.beam, batch_size=args.batch_size, max_len_a=args.max_len_a,
-            max_len_b=args.max_len_b, length_penalty=args.length_penalty)]
+    pairs = list(read_pairs(args.src, args.ref))
+    if not pairs:
+        raise DataError(f"{args.src}: empty test set")
+    sources, refs = zip(*pairs)
+    if args.kind == "profile":
+        return _plot_profile(args, translator, sources, refs)
+    if args.kind == "rarity":  # before translating: a bad --train-src fails at once
+        rarity, xlabel = _rarity(args, translator, sources)
+    hyps = _hypotheses(args, translator, sources)
     if args.kind == "length":
         buckets = analysis.bleu_by_length(sources, hyps, refs, translator.src_tokenizer.lang,
                                           args.width)
         xlabel = "source length (words)"
     else:
-        buckets = analysis.bleu_by_rarity(sources, hyps, refs, translator.src_tokenizer,
-                                          translator.src_vocab, args.buckets)
-        xlabel = "mean frequency rank of the source tokens"
+        buckets = analysis.bleu_by_rarity(rarity, hyps, refs, args.buckets)
     out = Path(args.out)
     paths = analysis.plot_buckets(buckets, xlabel, f"BLEU by {xlabel}", out)
     json_path = out.with_suffix(".json")
     json_path.write_text(analysis.buckets_to_json(buckets, xlabel) + "\n")
     print(analysis.buckets_table(buckets, args.kind))
+    print("\n".join(map(str, [*paths, json_path])))
+
+
+def _rarity(args, translator, sources) -> tuple[list[float], str]:
+    """Each source's rarity by `--measure`, and its axis label."""
+    from seq2seq import analysis
+
+    if args.measure == "vocab":
+        return (analysis.mean_vocab_rank(sources, translator.src_tokenizer,
+                                         translator.src_vocab),
+                "mean frequency rank of the source tokens")
+    lang = translator.src_tokenizer.lang
+    ranks = analysis.training_word_ranks(args.train_src, lang)
+    return (analysis.mean_training_rank(sources, ranks, lang),
+            "mean frequency rank of the source words in the training sources")
+
+
+def _hypotheses(args, translator, sources) -> list[str]:
+    """The translations of --hyps, or else of the model."""
+    from seq2seq.text import read_lines
+
+    if not args.hyps:
+        return [t.text for t in translator.translate(
+            sources, beam=args.beam, batch_size=args.batch_size, max_len_a=args.max_len_a,
+            max_len_b=args.max_len_b, length_penalty=args.length_penalty)]
+    hyps = list(read_lines(args.hyps))
+    if len(hyps) != len(sources):
+        raise DataError(f"{args.hyps} has {len(hyps)} lines but {args.src} has {len(sources)}")
+    return hyps
+
+
+def _plot_profile(args, translator, sources, refs) -> None:
+    from seq2seq import analysis
+    from seq2seq.stats import perplexity_per_word
+
+    nlls = analysis.token_nlls(translator, sources, refs, args.batch_size)
+    profile = analysis.nll_profile(
+        nlls, analysis.source_words(sources, translator.src_tokenizer.lang))
+    out = Path(args.out)
+    paths = analysis.plot_profile(profile, out)
+    words = analysis.target_words(refs, translator.tgt_tokenizer.lang)
+    summary = {"sentences": len(nlls), "ppl": analysis.token_perplexity(nlls),
+               "ppl_per_word": perplexity_per_word(sum(float(x.sum()) for x in nlls),
+                                                   sum(words), len(words))}
+    json_path = out.with_suffix(".json")
+    json_path.write_text(json.dumps({**summary, **profile}, indent=2) + "\n")
+    print(analysis.profile_table(profile))
+    print(f"perplexity {summary['ppl']:.2f} per target piece, {summary['ppl_per_word']:.2f} "
+          f"per target word ({summary['sentences']} sentences, </s> counted)")
     print("\n".join(map(str, [*paths, json_path])))
 
 

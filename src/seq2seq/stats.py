@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
 # ------------------------------------------------------------------ Student's t
 
 
@@ -200,4 +199,8 @@ def paired_bleu(control: Sequence[str], treated: Sequence[str], refs: Sequence[s
                         {"BLEU": BLEU()}, [list(refs)], test_type=test, n_samples=samples)
     _, scores = paired()
     base, other = scores["BLEU"]
-    return BleuTest(base.score, other.score, float(other.p_value), test, samples)
+    # sacreBLEU counts resamples whose difference strictly exceeds the observed one, so two
+    # systems of equal BLEU would get p = 1 / (samples + 1): a zero difference called
+    # significant. Equal scores leave nothing to attribute to chance or not: p = 1.
+    p = 1.0 if base.score == other.score else float(other.p_value)
+    return BleuTest(base.score, other.score, p, test, samples)
