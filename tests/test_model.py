@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from conftest import needs_bf16
 from seq2seq.config import ModelConfig
-from seq2seq.data import Batch, DataDir, collate, source_batch, target_batch
+from seq2seq.data import Batch, DataDir, SourceOrder, collate, source_batch, target_batch
 from seq2seq.model import Seq2Seq, chunked_loss, count_parameters
 
 CFG = ModelConfig(embed_dim=16, hidden_size=24, num_layers=2, src_vocab=50, tgt_vocab=40)
@@ -17,14 +17,17 @@ def chunked_nll(hidden, weight, bias, targets, chunk):
     """The output layer's summed NLL alone (the loss without label smoothing)."""
     return chunked_loss(hidden, weight, bias, targets, chunk)[0]
 
-def model(seed=0, reverse=True):
+PIECES, NONE = SourceOrder("pieces"), SourceOrder("none")
+
+
+def model(seed=0, reverse="pieces"):
     torch.manual_seed(seed)
     cfg = ModelConfig(**{**vars(CFG), "reverse_source": reverse})
     return Seq2Seq(50, 40, cfg).eval()
 
 
-def batch(src, tgt, reverse=True):
-    return Batch(*source_batch(src, reverse), *target_batch(tgt))
+def batch(src, tgt, reverse="pieces"):
+    return Batch(*source_batch(src, SourceOrder(reverse)), *target_batch(tgt))
 
 
 def test_padded_batch_loss_is_mean_of_sentence_losses():
@@ -143,13 +146,13 @@ def test_chunked_loss_in_bf16_matches_float32_on_the_same_logits():
 def test_encoder_reads_mixed_lengths_as_one_sentence_at_a_time():
     m = model()
     sources = SRC + [[21, 22, 23], [24]]  # lengths 5 2 3 7 3 1: a repeated length, a single
-    src, lens = source_batch(sources, True)
+    src, lens = source_batch(sources, PIECES)
     h, c = m.encode(src, lens)  # mixed lengths: read in segments
     (h.sum() + c.sum()).backward()
     batched = [p.grad.clone() for p in m.encoder.parameters()]
     m.zero_grad()
     for i, s in enumerate(sources):
-        hi, ci = m.encode(*source_batch([s], True))  # one sentence: one rectangular call
+        hi, ci = m.encode(*source_batch([s], PIECES))  # one sentence: one rectangular call
         assert torch.allclose(h[:, i], hi[:, 0], atol=1e-6)
         assert torch.allclose(c[:, i], ci[:, 0], atol=1e-6)
         (hi.sum() + ci.sum()).backward()
@@ -162,7 +165,7 @@ def test_encoder_segments_start_from_contiguous_states():
     m = model()
     states = []
     m.encoder.lstm.register_forward_pre_hook(lambda _, args: states.append(args[1:]))
-    m.encode(*source_batch(SRC, True))
+    m.encode(*source_batch(SRC, PIECES))
     carried = [s[0] for s in states if s and s[0] is not None]
     assert len(carried) == 3  # 4 lengths: 3 segments start from a carried state
     assert all(h.is_contiguous() and c.is_contiguous() for h, c in carried)
@@ -171,7 +174,7 @@ def test_encoder_segments_start_from_contiguous_states():
 def test_encoder_receives_reversed_source_in_training(data_dir):
     data = DataDir(data_dir)
     corpus = data.split("train")
-    b = collate(corpus, [3, 1], reverse_source=True)
+    b = collate(corpus, [3, 1], PIECES)
     seen = []
     m = Seq2Seq(len(data.src_vocab), len(data.tgt_vocab), CFG)
     m.encoder.embed.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
@@ -184,11 +187,11 @@ def test_encoder_receives_reversed_source_in_training(data_dir):
 
 
 def test_reversal_changes_the_encoding():
-    fwd, rev = model(reverse=False), model(reverse=True)
+    fwd, rev = model(reverse="none"), model(reverse="pieces")
     rev.load_state_dict(fwd.state_dict())
-    h_fwd, _ = fwd.encode(*source_batch(SRC[:1], fwd.reverse_source))
-    h_rev, _ = rev.encode(*source_batch([SRC[0][::-1]], False))
-    h_rev2, _ = rev.encode(*source_batch(SRC[:1], rev.reverse_source))
+    h_fwd, _ = fwd.encode(*source_batch(SRC[:1], fwd.source_order))
+    h_rev, _ = rev.encode(*source_batch([SRC[0][::-1]], NONE))
+    h_rev2, _ = rev.encode(*source_batch(SRC[:1], rev.source_order))
     assert torch.allclose(h_rev, h_rev2)
     assert not torch.allclose(h_fwd, h_rev)
 

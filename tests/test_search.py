@@ -190,7 +190,7 @@ def _textbook_beam(model, src, k, nbest, max_len_a=2.0, max_len_b=10):
     live on; stop at the length limit or once the nbest-th complete score is at least
     the best live one."""
     max_len = int(max_len_a * len(src) + max_len_b)
-    x, lens = search.source_batch([src], model.reverse_source)
+    x, lens = search.source_batch([src], model.source_order)
     state = model.encode(x, lens)
     live, done = [([], 0.0)], []
     for t in range(max_len + 1):

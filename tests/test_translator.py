@@ -150,7 +150,7 @@ def _path_log_probs(translator, sources, outputs):
     out = []
     with torch.inference_mode():
         for s, t in zip(translator.source_ids(sources), translator.target_ids(outputs)):
-            x, lens = source_batch([s], model.reverse_source)
+            x, lens = source_batch([s], model.source_order)
             tgt_in, _ = target_batch([t])
             hidden, _ = model.decoder(tgt_in, model.encode(x, lens))
             out.append(model.log_probs(hidden[0]))
