@@ -1,31 +1,42 @@
-"""The paper's claims on trained models and long sentences: `make paper`.
+"""The paper's claims tested as a reviewer would: `make paper`.
 
-On a random sample of the Canadian Hansard (English -> French, ~19 words a sentence; read
-from `--hansard`, never copied into the repository), one recipe (`configs/hansard-cpu.yaml`)
-trains forward-source models (seeds 1, 2) and reversed-source models (seeds 1, 2, 3) to the
-end of their learning-rate schedule. Then, on the Hansard test split:
+Source reversal, the paper's key trick, in two regimes, with paired seeds (forward-k and
+reversed-k share their initial weights and batch order; only `model.reverse_source`
+differs):
 
-- Table 1's key trick: test perplexity and BLEU (beam 12) forward vs reversed, with the
-  seed spread, and BLEU by source length (Figure 3, left) for both directions;
-- beam 1 / 2 / 12, ensembles of 2 and 3 reversed models;
-- Table 2: an n-best list rescored with a forward and with a reversed model, and its oracle;
-- Figure 3, right (BLEU by word rarity), Figure 2 (PCA of the paper's phrases);
-- the synthetic task of `experiments/synthetic.py` (the mechanism, isolated).
+- **tatoeba**: competent models on short sentences. The demo's whole recipe and budget
+  (`configs/tatoeba-cpu.yaml`, the bundled Tatoeba corpus prepared as `make demo` does),
+  each direction (forward, words reversed, pieces reversed) with seeds 1-3: every model is
+  the one a user of `make demo` gets, in one direction.
+- **hansard**: long sentences. The whole Canadian Hansard training set (read from
+  `--hansard`, never copied into the repository), `configs/hansard-cpu.yaml`, forward and
+  words reversed, seeds 1-2, one epoch under one fixed learning-rate schedule. A run may
+  be trained in stretches first (`seq2seq train ... optim.max_steps=N`, the command of its
+  train task with a planned stop): each stretch resumes the last one bit-exactly.
+
+For each model: test perplexity (per piece and per word) and BLEU at beam 1 and 12; per
+regime, the sentence-level paired tests (`seq2seq.stats`: sacreBLEU's paired bootstrap, a
+paired bootstrap of perplexity); on Hansard, BLEU and perplexity by source length, target
+position and word rarity, an ensemble and n-best rescoring; Figure 2 from a forward and a
+reversed model; the synthetic test of the mechanism with its controls
+(`experiments/synthetic.py`).
 
 Every step is a task that writes its numbers as JSON under `--results` (committed as they
 come: a stopped run resumes, training from its last checkpoint and the rest from the JSON
 already there); `--parallel` tasks run at once, one thread each. Then the report:
 `experiments/RESULTS.md`, `experiments/RESULTS.json` and the plots in `experiments/figures/`.
 
-    .venv/bin/python experiments/paper.py            # the documented run (~2.5 h, 2 cores)
-    .venv/bin/python experiments/paper.py --quick    # tiny models on tiny slices (~2 min)
-    .venv/bin/python experiments/paper.py --report   # the report again from the JSON only
+    .venv/bin/python experiments/paper.py                     # every regime (~15 CPU-hours)
+    .venv/bin/python experiments/paper.py --regimes tatoeba   # one regime, and the report
+    .venv/bin/python experiments/paper.py --quick             # tiny models, tiny slices (~3 min)
+    .venv/bin/python experiments/paper.py --report            # the report from the JSON only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -34,44 +45,58 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "hansard-cpu.yaml"
+TATOEBA = ROOT / "data" / "tatoeba-en-fr"
 PHRASES = ROOT / "examples" / "phrases.en"
-# Figure 3, left: source length in words, the buckets the paper's plot spans.
-LENGTH_EDGES = (1, 10, 15, 20, 25, 30, 35, 40, 50, 101)
-SPLIT_DIRECTIONS = ("forward", "reversed")
+# What each direction sets `model.reverse_source` to; "forward" is every comparison's control.
+DIRECTIONS = {"forward": "none", "words": "words", "pieces": "pieces"}
 
 
-@dataclass
-class Settings:
-    """What a run of the experiment is; stored with every result, which is redone if it
-    was made with other settings."""
+@dataclass(frozen=True)
+class Regime:
+    """One regime of the experiment: stored with each of its results, which are redone if
+    they were made with other settings."""
 
-    train_pairs: int = 72_000
-    test_sentences: int = 3_000
+    name: str
+    config: str  # repository-relative
+    corpus: str  # "tatoeba" (bundled) or "hansard" (--hansard)
+    directions: tuple[str, ...]
+    seeds: tuple[int, ...]
+    train_pairs: int | None = None  # the first N training pairs (a random sample); None: all
+    test_sentences: int | None = None  # the first N test pairs; None: all
     vocab: int = 8_000
-    max_len: int = 80
-    forward_seeds: tuple[int, ...] = (1, 2)
-    reversed_seeds: tuple[int, ...] = (1, 2, 3)
+    max_len: int = 50  # pieces a training sentence may have (prepare's --max-len)
+    workers: int = 2
     overrides: tuple[str, ...] = ()
-    synthetic: tuple[str, ...] = ()  # arguments of experiments/synthetic.py
-    quick: bool = False
+    analyses: bool = False  # by length, position and rarity; ensemble; rescoring
+
+    def runs(self) -> list[str]:
+        """forward-seed1, words-seed1, ..., seed by seed: the pairs train side by side."""
+        return [f"{d}-seed{k}" for k in self.seeds for d in self.directions]
+
+    def data_settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("corpus", "train_pairs", "vocab", "max_len")}
 
 
-QUICK = Settings(train_pairs=600, test_sentences=40, vocab=400, max_len=60, quick=True,
-                 overrides=("model.embed_dim=24", "model.hidden_size=32",
-                            "optim.max_steps=30", "train.valid_every=15",
-                            "train.log_every=5"),
-                 synthetic=("--quick",))
+TATOEBA_REGIME = Regime("tatoeba", "configs/tatoeba-cpu.yaml", "tatoeba",
+                        ("forward", "words", "pieces"), (1, 2, 3))
+HANSARD_REGIME = Regime("hansard", "configs/hansard-cpu.yaml", "hansard", ("forward", "words"),
+                        (1, 2), test_sentences=3_000, max_len=80, workers=1, analyses=True)
+REGIMES = {r.name: r for r in (TATOEBA_REGIME, HANSARD_REGIME)}
+QUICK_OVERRIDES = ("model.embed_dim=24", "model.hidden_size=32", "optim.max_steps=30",
+                   "train.valid_every=15", "train.log_every=5", "train.precision=fp32")
+QUICK = {name: replace(r, seeds=(1, 2), train_pairs=600, test_sentences=40, vocab=400,
+                       max_len=60, workers=1, overrides=QUICK_OVERRIDES)
+         for name, r in REGIMES.items()}
 
 
 @dataclass
 class Task:
     name: str  # also its results file: RESULTS/<name>.json
+    regime: str | None = None
     after: tuple[str, ...] = ()
     runs: tuple[str, ...] = field(default=())  # the models it reads
 
@@ -82,25 +107,27 @@ def rel(path) -> str:
     return os.path.relpath(Path(path).resolve(), ROOT)
 
 
-def run_names(s: Settings) -> list[str]:
-    return ([f"forward-seed{k}" for k in s.forward_seeds]
-            + [f"reversed-seed{k}" for k in s.reversed_seeds])
-
-
-def plan(s: Settings) -> list[Task]:
-    """Every task, training first (forward and reversed side by side), in start order."""
-    fwd = [f"forward-seed{k}" for k in s.forward_seeds]
-    rev = [f"reversed-seed{k}" for k in s.reversed_seeds]
-    order = [name for pair in zip(fwd, rev) for name in pair]
-    order += [n for n in fwd + rev if n not in order]
-    tasks = [Task(f"train/{n}") for n in order]
-    tasks += [Task(f"model/{n}", (f"train/{n}",), (n,)) for n in order]
-    for k in (2, 3):
-        tasks.append(Task(f"ensemble/{k}", tuple(f"train/{n}" for n in rev[:k]), tuple(rev[:k])))
-    tasks.append(Task("rescore", (f"train/{fwd[0]}", f"train/{fwd[1]}", f"train/{rev[0]}"),
-                      (fwd[0], fwd[1], rev[0])))
-    tasks.append(Task("pca", (f"train/{rev[0]}",), (rev[0],)))
-    tasks.append(Task("synthetic"))
+def plan(regimes: list[Regime], synthetic: bool = True) -> list[Task]:
+    """Every task, in start order: each regime's training (forward and reversed of one seed
+    side by side), then its evaluations."""
+    tasks = []
+    for r in regimes:
+        runs, g = r.runs(), r.name
+        tasks += [Task(f"{g}/train/{n}", g) for n in runs]
+        tasks += [Task(f"{g}/model/{n}", g, (f"{g}/train/{n}",), (n,)) for n in runs]
+        tasks.append(Task(f"{g}/paired", g, tuple(f"{g}/model/{n}" for n in runs),
+                          tuple(runs)))
+        pca = tuple(f"{d}-seed{r.seeds[0]}" for d in r.directions)
+        tasks.append(Task(f"{g}/pca", g, tuple(f"{g}/train/{n}" for n in pca), pca))
+        if r.analyses:
+            pair = tuple(f"{r.directions[1]}-seed{k}" for k in r.seeds[:2])
+            tasks.append(Task(f"{g}/ensemble", g, tuple(f"{g}/train/{n}" for n in pair), pair))
+            lister = f"forward-seed{r.seeds[0]}"
+            scorers = (lister, f"forward-seed{r.seeds[1]}", f"{r.directions[1]}-seed{r.seeds[0]}")
+            tasks.append(Task(f"{g}/rescore", g, tuple(f"{g}/train/{n}" for n in scorers),
+                              scorers))
+    if synthetic:
+        tasks.append(Task("synthetic"))
     return tasks
 
 
@@ -110,82 +137,86 @@ def plan(s: Settings) -> list[Task]:
 class Paths:
     def __init__(self, work: Path, results: Path, hansard: Path):
         self.work, self.results, self.hansard = work, results, hansard
-        self.raw, self.data = work / "raw", work / "hansard-data"
 
-    def run(self, name: str) -> Path:
-        return self.work / "runs" / name
+    def corpus(self, r: Regime) -> Path:
+        return TATOEBA if r.corpus == "tatoeba" else self.hansard
 
-    def best(self, name: str) -> Path:
-        return self.run(name) / "best.pt"
+    def data(self, r: Regime) -> Path:
+        return self.work / r.name / "data"
+
+    def run(self, r: Regime, name: str) -> Path:
+        return self.work / r.name / "runs" / name
+
+    def best(self, r: Regime, name: str) -> Path:
+        return self.run(r, name) / "best.pt"
+
+    def hyps(self, r: Regime, name: str, beam: int) -> Path:
+        return self.work / r.name / "hyps" / f"{name}.beam{beam}.txt"
 
     def result(self, task: str) -> Path:
         return self.results / f"{task}.json"
 
 
-def prepare_data(p: Paths, s: Settings) -> None:
-    """The first `train_pairs` training pairs (the file is shuffled: a random sample),
-    prepared as configs/hansard-cpu.yaml says."""
-    stamp = p.work / "settings.json"
-    if (p.data / "meta.json").exists():
+def prepare_data(p: Paths, r: Regime) -> None:
+    """The regime's data directory: its corpus (the first `train_pairs` training pairs, or
+    all), prepared with SentencePiece as its config's header says."""
+    data, stamp = p.data(r), p.work / r.name / "data-settings.json"
+    if (data / "meta.json").exists():
         made = json.loads(stamp.read_text()) if stamp.exists() else None
-        if made != json.loads(json.dumps(asdict(s))):
-            raise SystemExit(f"paper: {p.work} holds a run of other settings; give another "
-                             "--work or remove it")
+        if made != r.data_settings():
+            raise SystemExit(f"paper: {data} was prepared with other settings ({made}); "
+                             "give another --work or remove it")
         return
     from seq2seq.prepare import prepare
     from seq2seq.text import open_binary
 
-    p.raw.mkdir(parents=True, exist_ok=True)
-    for lang in ("en", "fr"):
-        with open_binary(p.hansard / f"train.{lang}.gz") as f, \
-                open(p.raw / f"train.{lang}", "wb") as out:
-            for _, line in zip(range(s.train_pairs), f):
-                out.write(line)
-    prepare(p.raw / "train.en", p.raw / "train.fr", p.hansard / "valid.en",
-            p.hansard / "valid.fr", p.data, src_vocab=s.vocab, tgt_vocab=s.vocab,
-            tokenizer="sentencepiece", max_len=s.max_len, workers=1, force=True)
-    stamp.write_text(json.dumps(asdict(s)) + "\n")
+    corpus = p.corpus(r)
+    train = [corpus / f"train.{lang}.gz" for lang in ("en", "fr")]
+    if r.train_pairs is not None:
+        raw = p.work / r.name / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for k, lang in enumerate(("en", "fr")):
+            with open_binary(train[k]) as f, open(raw / f"train.{lang}", "wb") as out:
+                for _, line in zip(range(r.train_pairs), f):
+                    out.write(line)
+            train[k] = raw / f"train.{lang}"
+    prepare(*train, corpus / "valid.en", corpus / "valid.fr", data, src_vocab=r.vocab,
+            tgt_vocab=r.vocab, tokenizer="sentencepiece", max_len=r.max_len,
+            workers=r.workers, force=True)
+    stamp.write_text(json.dumps(r.data_settings()) + "\n")
 
 
-def train_command(p: Paths, s: Settings, name: str) -> list[str]:
+def train_command(p: Paths, r: Regime, name: str) -> list[str]:
     direction, seed = name.split("-seed")
-    return ["seq2seq", "train", rel(CONFIG), "--data", rel(p.data), "--out", rel(p.run(name)),
-            f"train.seed={seed}", f"model.reverse_source={str(direction == 'reversed').lower()}",
-            "train.threads=1", *s.overrides]
+    return ["seq2seq", "train", r.config, "--data", rel(p.data(r)), "--out",
+            rel(p.run(r, name)), f"model.reverse_source={DIRECTIONS[direction]}",
+            f"train.seed={seed}", "train.threads=1", *r.overrides]
 
 
-def task_train(p: Paths, s: Settings, name: str) -> dict:
-    argv = train_command(p, s, name)
+def task_train(p: Paths, r: Regime, name: str) -> dict:
+    argv = train_command(p, r, name)
     subprocess.run([sys.executable, "-m", "seq2seq", *argv[1:]], check=True, cwd=ROOT)
     from seq2seq.analysis import read_metrics
 
-    records = read_metrics(p.run(name))
-    valid = [r for r in records if "valid_ppl" in r]
-    train = [r for r in records if "ppl" in r]
+    records = read_metrics(p.run(r, name))
+    valid = [m for m in records if "valid_ppl" in m]
+    train = [m for m in records if "ppl" in m]
     return {"run": name, "command": " ".join(map(shlex.quote, argv)),
             "steps": records[-1]["step"], "epochs": records[-1]["epoch"],
-            "best_valid_ppl": min(r["valid_ppl"] for r in valid),
+            "best_valid_ppl": min(m["valid_ppl"] for m in valid),
             "last_valid_ppl": valid[-1]["valid_ppl"],
-            "wall_seconds": max(r.get("elapsed_s", 0) for r in records),
-            "tgt_tok_s": statistics.median(r["tgt_tok_s"] for r in train) if train else None,
+            "wall_seconds": max(m.get("elapsed_s", 0) for m in records),
+            "tgt_tok_s": statistics.median(m["tgt_tok_s"] for m in train) if train else None,
             "metrics": records}
 
 
-def test_split(p: Paths, s: Settings) -> tuple[list[str], list[str]]:
+def test_split(p: Paths, r: Regime) -> tuple[list[str], list[str]]:
     from seq2seq.text import read_lines
 
-    sources = list(read_lines(p.hansard / "test.en"))[:s.test_sentences]
-    refs = list(read_lines(p.hansard / "test.fr"))[:s.test_sentences]
+    corpus = p.corpus(r)
+    sources = list(read_lines(corpus / "test.en"))[:r.test_sentences]
+    refs = list(read_lines(corpus / "test.fr"))[:r.test_sentences]
     return sources, refs
-
-
-def word_ranks(p: Paths) -> dict[str, int]:
-    """Frequency rank of each training-source word (Moses tokens, 1 = most frequent)."""
-    from seq2seq.text import Tokenizer, read_lines
-
-    tok = Tokenizer("moses", "en")
-    counts = Counter(w for line in read_lines(p.raw / "train.en") for w in tok.tokenize(line))
-    return {w: rank for rank, (w, _) in enumerate(counts.most_common(), start=1)}
 
 
 def decode(translator, sources, refs, beam: int, nbest: int = 1):
@@ -199,103 +230,146 @@ def decode(translator, sources, refs, beam: int, nbest: int = 1):
                  "seconds": round(seconds, 1), "signature": scores["bleu_signature"]}
 
 
-# Where in a sentence reversal should matter: the target position (in pieces, </s> last).
-POSITION_EDGES = (1, 4, 8, 12, 16, 21, 31, 41, 61, 201)
+BEAMS = (1, 12)  # the paper's greedy and its best beam, without a length penalty
 
 
-def nll_profile(translator, sources: list[str], refs: list[str]) -> dict[str, list[dict]]:
-    """Test perplexity (per target piece, </s> included) per bucket of source length in
-    words (LENGTH_EDGES) and per target position (POSITION_EDGES), teacher-forced."""
-    import math
-
-    import torch
-
-    from seq2seq.analysis import source_words
-
-    words = source_words(sources)  # Figure 3's length measure
-    src_ids, tgt_ids = translator.source_ids(sources), translator.target_ids(refs)
-    sums = {"by_length": [[0.0, 0] for _ in LENGTH_EDGES[1:]],
-            "by_position": [[0.0, 0] for _ in POSITION_EDGES[1:]]}
-    order = sorted(range(len(sources)), key=lambda i: len(src_ids[i]))
-    for k in range(0, len(order), 64):
-        rows = order[k:k + 64]
-        with torch.inference_mode():
-            logp = translator.ensemble.token_logprobs([src_ids[i] for i in rows],
-                                                      [tgt_ids[i] for i in rows]).tolist()
-        for i, row in zip(rows, logp):
-            nll = [-x for x in row[:len(tgt_ids[i]) + 1]]  # the pieces and </s>
-            at = _bucket(words[i], LENGTH_EDGES)  # None past the last edge: not counted
-            if at is not None:
-                sums["by_length"][at][0] += sum(nll)
-                sums["by_length"][at][1] += len(nll)
-            for pos, x in enumerate(nll, start=1):
-                b = _bucket(pos, POSITION_EDGES)
-                if b is not None:
-                    sums["by_position"][b][0] += x
-                    sums["by_position"][b][1] += 1
-    out = {}
-    for key, edges in (("by_length", LENGTH_EDGES), ("by_position", POSITION_EDGES)):
-        out[key] = [{"low": lo, "high": hi, "tokens": n,
-                     "ppl": math.exp(total / n) if n else float("nan")}
-                    for (lo, hi), (total, n) in zip(zip(edges[:-1], edges[1:]), sums[key])]
-    return out
-
-
-def _bucket(value: float, edges) -> int | None:
-    """The index of the [edges[k], edges[k + 1]) range holding `value`, or None."""
-    return next((k for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
-                 if lo <= value < hi), None)
-
-
-def task_model(p: Paths, s: Settings, name: str) -> dict:
-    """One model: test perplexity, BLEU at beam 1 / 2 / 12, and BLEU by source length and
-    by word rarity of its beam-12 translations."""
-    import numpy as np
-
-    from seq2seq.analysis import bleu_by_bucket, bleu_by_length, equal_count_buckets
-    from seq2seq.evaluate import perplexity
-    from seq2seq.text import Tokenizer
+def task_model(p: Paths, r: Regime, name: str) -> dict:
+    """One model on the test split: perplexity per piece and per word (and each sentence's
+    NLL, for the paired tests), BLEU at beam 1 and 12 (its translations kept under --work);
+    with `analyses`, BLEU and perplexity by source length, target position and rarity."""
+    from seq2seq import analysis
+    from seq2seq.stats import perplexity_per_word
     from seq2seq.translator import Translator
 
-    sources, refs = test_split(p, s)
-    translator = Translator.load(p.best(name), device="cpu")
-    rows = {}
-    for beam in (1, 2, 12):
-        out, rows[beam] = decode(translator, sources, refs, beam)
-    hyps = [t.text for t in out]  # beam 12
-    (p.work / "hyps").mkdir(parents=True, exist_ok=True)
-    (p.work / "hyps" / f"{name}.beam12.fr").write_text("\n".join(hyps) + "\n", encoding="utf-8")
-    tok = Tokenizer("moses", "en")
-    words = [tok.tokenize(line) for line in sources]
-    ranks = word_ranks(p)
-    unknown = len(ranks) + 1
-    rarity = [float(np.mean([ranks.get(w, unknown) for w in ws])) if ws else 0.0 for ws in words]
+    sources, refs = test_split(p, r)
+    translator = Translator.load(p.best(r, name), device="cpu")
+    beams, hyps = [], {}
+    for beam in BEAMS:
+        out, row = decode(translator, sources, refs, beam)
+        beams.append(row)
+        hyps[beam] = [t.text for t in out]
+        path = p.hyps(r, name, beam)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(h + "\n" for h in hyps[beam]), encoding="utf-8")
+    nlls = analysis.token_nlls(translator, sources, refs)
+    sentence_nll = [float(x.sum()) for x in nlls]
+    pieces = [len(x) for x in nlls]  # the target's pieces and </s>
+    words = analysis.target_words(refs, lang="fr")
+    total = sum(sentence_nll)
+    result = {
+        "run": name, "ppl": math.exp(total / sum(pieces)),
+        "ppl_word": perplexity_per_word(total, sum(words), len(refs)),
+        "beams": beams, "sentence_nll": [round(x, 4) for x in sentence_nll],
+        "sentence_pieces": pieces, "sentence_words": words,
+        "command": f"seq2seq evaluate --model {rel(p.best(r, name))} --src "
+                   f"{rel(p.corpus(r) / 'test.en')} --ref {rel(p.corpus(r) / 'test.fr')} "
+                   f"--beam 12",
+    }
+    if r.analyses:
+        result.update(analysis_of(p, r, translator, sources, refs, nlls, hyps[12]))
+    return result
+
+
+def analysis_of(p: Paths, r: Regime, translator, sources, refs, nlls, hyps) -> dict:
+    """Figure 3 (BLEU by source length and by the training-word rarity of the source) and
+    the perplexity profile (by source length and target position)."""
+    from seq2seq import analysis
+
+    lengths = analysis.source_words(sources)
+    rarity = analysis.mean_training_rank(sources, training_ranks(p, r), "en")
+    edges = analysis.LENGTH_EDGES
+    ranges = list(zip(edges[:-1], edges[1:]))
     return {
-        "run": name, "ppl": perplexity(translator, sources, refs),
-        "ppl_profile": nll_profile(translator, sources, refs),
-        "beams": [rows[b] for b in (1, 2, 12)],
-        "by_length": [asdict(b) for b in bleu_by_length(
-            sources, hyps, refs, ranges=list(zip(LENGTH_EDGES[:-1], LENGTH_EDGES[1:])))],
-        "by_rarity": [asdict(b) for b in bleu_by_bucket(rarity, hyps, refs,
-                                                        equal_count_buckets(rarity, 8))],
-        "command": f"seq2seq evaluate --model {rel(p.best(name))} --src "
-                   f"{rel(p.hansard / 'test.en')} --ref {rel(p.hansard / 'test.fr')} --beam 12",
+        "ppl_profile": analysis.nll_profile(nlls, lengths),
+        "by_length": [asdict(b) for b in analysis.bleu_by_length(sources, hyps, refs,
+                                                                 ranges=ranges)],
+        "by_rarity": [asdict(b) for b in analysis.bleu_by_rarity(rarity, hyps, refs, 8)],
     }
 
 
-def task_ensemble(p: Paths, s: Settings, names: tuple[str, ...]) -> dict:
+def training_ranks(p: Paths, r: Regime) -> dict[str, int]:
+    """The frequency rank of each Moses word of the regime's English training text (1 = most
+    frequent), counted once and kept under --work."""
+    from seq2seq import analysis
+
+    cache = p.work / r.name / "train-word-ranks.json"
+    if cache.exists():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    text = (p.work / r.name / "raw" / "train.en" if r.train_pairs is not None
+            else p.corpus(r) / "train.en.gz")
+    ranks = analysis.training_word_ranks(text, "en")
+    tmp = cache.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(ranks), encoding="utf-8")
+    os.replace(tmp, cache)
+    return ranks
+
+
+def comparisons(r: Regime) -> list[tuple[str, str]]:
+    """(control, treated) directions: each reversal against forward, and the two reversals
+    against each other when both ran."""
+    pairs = [("forward", d) for d in r.directions if d != "forward"]
+    if "words" in r.directions and "pieces" in r.directions:
+        pairs.append(("pieces", "words"))
+    return pairs
+
+
+def task_paired(p: Paths, r: Regime) -> dict:
+    """The reversal's effects, paired: over seeds (each seed's difference, their mean and
+    95% t interval) and over test sentences (sacreBLEU's paired bootstrap for BLEU, a
+    paired bootstrap for perplexity), for every comparison of `comparisons`."""
+    import numpy as np
+
+    from seq2seq.stats import paired_bleu, paired_effect, paired_perplexity
+
+    models = {n: json.loads(p.result(f"{r.name}/model/{n}").read_text(encoding="utf-8"))
+              for n in r.runs()}
+    _, refs = test_split(p, r)
+    out = {}
+    for control, treated in comparisons(r):
+        a = [models[f"{control}-seed{k}"] for k in r.seeds]
+        b = [models[f"{treated}-seed{k}"] for k in r.seeds]
+        over_seeds = {
+            "ppl": paired_effect([m["ppl"] for m in a], [m["ppl"] for m in b]),
+            "ppl_word": paired_effect([m["ppl_word"] for m in a], [m["ppl_word"] for m in b]),
+            "ppl_change_pct": paired_effect([0.0] * len(a), [
+                100 * (y["ppl"] / x["ppl"] - 1) for x, y in zip(a, b)]),
+        }
+        nll = [np.array([m["sentence_nll"] for m in ms]) for ms in (a, b)]
+        units = np.array(a[0]["sentence_pieces"])
+        words = np.array(a[0]["sentence_words"]) + 1  # and </s>
+        over_sentences = {"ppl": paired_perplexity(*nll, units),
+                          "ppl_word": paired_perplexity(*nll, words)}
+        for i, beam in enumerate(BEAMS):
+            over_seeds[f"bleu{beam}"] = paired_effect([m["beams"][i]["bleu"] for m in a],
+                                                      [m["beams"][i]["bleu"] for m in b])
+            hyps = {d: [p.hyps(r, f"{d}-seed{k}", beam).read_text(encoding="utf-8")
+                        .splitlines() for k in r.seeds] for d in (control, treated)}
+            over_sentences[f"bleu{beam}"] = paired_bleu(
+                sum(hyps[control], []), sum(hyps[treated], []), refs * len(r.seeds))
+            over_sentences[f"bleu{beam}_per_seed"] = [
+                paired_bleu(x, y, refs) for x, y in zip(hyps[control], hyps[treated])]
+        out[f"{treated}-vs-{control}"] = {
+            "control": control, "treated": treated, "seeds": list(r.seeds),
+            "over_seeds": {k: v.to_dict() for k, v in over_seeds.items()},
+            "over_sentences": {k: [x.to_dict() for x in v] if isinstance(v, list)
+                               else v.to_dict() for k, v in over_sentences.items()},
+        }
+    return {"comparisons": out, "test_sentences": len(refs)}
+
+
+def task_ensemble(p: Paths, r: Regime, names: tuple[str, ...]) -> dict:
     from seq2seq.translator import Translator
 
-    sources, refs = test_split(p, s)
-    translator = Translator.load([p.best(n) for n in names], device="cpu")
-    models = " ".join(f"--model {rel(p.best(n))}" for n in names)
+    sources, refs = test_split(p, r)
+    translator = Translator.load([p.best(r, n) for n in names], device="cpu")
+    models = " ".join(f"--model {rel(p.best(r, n))}" for n in names)
     return {"runs": list(names),
-            "beams": [decode(translator, sources, refs, beam)[1] for beam in (1, 12)],
-            "command": f"seq2seq evaluate {models} --src {rel(p.hansard / 'test.en')} --ref "
-                       f"{rel(p.hansard / 'test.fr')} --beam 12"}
+            "beams": [decode(translator, sources, refs, beam)[1] for beam in BEAMS],
+            "command": f"seq2seq evaluate {models} --src {rel(p.corpus(r) / 'test.en')} "
+                       f"--ref {rel(p.corpus(r) / 'test.fr')} --beam 12"}
 
 
-def task_rescore(p: Paths, s: Settings, lister: str, rescorers: tuple[str, ...],
+def task_rescore(p: Paths, r: Regime, lister: str, rescorers: tuple[str, ...],
                  weight: float = 0.5) -> dict:
     """Table 2: `lister`'s 12-best list re-ranked by each rescorer's log p(T|S), averaged
     with the list's own score; BLEU before and after, and the oracle's."""
@@ -305,76 +379,87 @@ def task_rescore(p: Paths, s: Settings, lister: str, rescorers: tuple[str, ...],
     from seq2seq.evaluate import bleu_chrf
     from seq2seq.translator import Translator
 
-    sources, refs = test_split(p, s)
-    out, _ = decode(Translator.load(p.best(lister), device="cpu"), sources, refs, 12, 12)
+    sources, refs = test_split(p, r)
+    out, _ = decode(Translator.load(p.best(r, lister), device="cpu"), sources, refs, 12, 12)
     groups = [[text for text, _ in t.nbest] for t in out]
-    oracle = [max(g, key=lambda h, r=ref: sacrebleu.sentence_bleu(h, [r]).score) if g else ""
-              for g, ref in zip(groups, refs)]
+    oracle = [max(g, key=lambda h, ref=ref: sacrebleu.sentence_bleu(h, [ref]).score)
+              if g else "" for g, ref in zip(groups, refs)]
     result = {"list": f"{lister}, beam 12, 12-best", "weight": weight,
               "bleu_before": bleu_chrf([t.text for t in out], refs)["bleu"],
               "oracle_bleu": bleu_chrf(oracle, refs)["bleu"], "after": {}}
     for name in rescorers:
         entries = [NbestEntry(i, text, score) for i, t in enumerate(out)
                    for text, score in t.nbest]
-        ranked = rescore(entries, sources, Translator.load(p.best(name), device="cpu"), weight)
+        ranked = rescore(entries, sources, Translator.load(p.best(r, name), device="cpu"),
+                         weight)
         best: dict[int, str] = {}
         for e in ranked:  # grouped by source, best combined score first
             best.setdefault(e.source, e.text)
         result["after"][name] = bleu_chrf([best.get(i, "") for i in range(len(out))],
                                           refs)["bleu"]
+    test_en = rel(p.corpus(r) / "test.en")
     result["command"] = (
-        f"seq2seq translate --model {rel(p.best(lister))} --beam 12 --nbest 12 --input "
-        f"{rel(p.hansard / 'test.en')} > test.nbest && seq2seq rescore --model "
-        f"{rel(p.best(rescorers[-1]))} --src {rel(p.hansard / 'test.en')} --nbest test.nbest "
+        f"seq2seq translate --model {rel(p.best(r, lister))} --beam 12 --nbest 12 --input "
+        f"{test_en} > test.nbest && seq2seq rescore --model "
+        f"{rel(p.best(r, rescorers[-1]))} --src {test_en} --nbest test.nbest "
         f"--weight {weight} --one-best")
     return result
 
 
-def task_pca(p: Paths, s: Settings, name: str) -> dict:
+def task_pca(p: Paths, r: Regime, names: tuple[str, ...]) -> dict:
+    """Figure 2 from each direction's first seed: the same phrases through each encoder,
+    each model's vectors projected on their own two principal components."""
     from seq2seq.analysis import pca_2d
     from seq2seq.text import read_lines
     from seq2seq.translator import Translator
 
     phrases = [line for line in read_lines(PHRASES) if line.strip()]
-    points = pca_2d(Translator.load(p.best(name), device="cpu").encode(phrases))
-    return {"run": name, "phrases": phrases, "points": points.tolist(),
-            "command": f"seq2seq plot pca --model {rel(p.best(name))} --phrases "
-                       f"{rel(PHRASES)} --out experiments/figures/pca"}
+    points = {n: pca_2d(Translator.load(p.best(r, n), device="cpu").encode(phrases)).tolist()
+              for n in names}
+    return {"runs": list(names), "phrases": phrases, "points": points,
+            "command": " && ".join(
+                f"seq2seq plot pca --model {rel(p.best(r, n))} --phrases {rel(PHRASES)} "
+                f"--out pca-{n}" for n in names)}
 
 
-def task_synthetic(p: Paths, s: Settings) -> dict:
+def task_synthetic(p: Paths, args: tuple[str, ...]) -> dict:
     out = p.work / "synthetic.json"
-    argv = [sys.executable, "experiments/synthetic.py", *s.synthetic, "--work",
+    argv = [sys.executable, "experiments/synthetic.py", *args, "--work",
             rel(p.work / "synthetic"), "--out", rel(out), "--figure", ""]
     subprocess.run(argv, check=True, cwd=ROOT)
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def do_task(p: Paths, s: Settings, name: str) -> None:
+def do_task(p: Paths, regimes: dict[str, Regime], synthetic: tuple[str, ...],
+            name: str) -> None:
     """Run one task in this process (one thread) and write its JSON."""
     import torch
 
     from seq2seq.device import setup_process
 
-    task = {t.name: t for t in plan(s)}[name]
-    kind, _, arg = name.partition("/")
+    task = {t.name: t for t in plan(list(regimes.values()))}[name]
+    r = regimes.get(task.regime)
+    kind = name.split("/")[1] if r else name
     if kind not in ("train", "synthetic"):  # those run a child that tunes itself
         setup_process("decode", torch.device("cpu"), 1)  # as `seq2seq evaluate` would
     start = time.perf_counter()
     if kind == "train":
-        result = task_train(p, s, arg)
+        result = task_train(p, r, task.name.rsplit("/", 1)[1])
     elif kind == "model":
-        result = task_model(p, s, arg)
+        result = task_model(p, r, task.runs[0])
+    elif kind == "paired":
+        result = task_paired(p, r)
     elif kind == "ensemble":
-        result = task_ensemble(p, s, task.runs)
+        result = task_ensemble(p, r, task.runs)
     elif kind == "rescore":
-        result = task_rescore(p, s, task.runs[0], task.runs[1:])
+        result = task_rescore(p, r, task.runs[0], task.runs[1:])
     elif kind == "pca":
-        result = task_pca(p, s, arg or task.runs[0])
+        result = task_pca(p, r, task.runs)
     else:
-        result = task_synthetic(p, s)
+        result = task_synthetic(p, synthetic)
     result.update(task=name, task_seconds=round(time.perf_counter() - start, 1),
-                  paper_settings=asdict(s), machine=machine(), date=time.strftime("%Y-%m-%d"))
+                  settings=settings_of(regimes, synthetic, task), machine=machine(),
+                  date=time.strftime("%Y-%m-%d"))
     path = p.result(name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -385,22 +470,35 @@ def do_task(p: Paths, s: Settings, name: str) -> None:
 # ------------------------------------------------------------------ running the plan
 
 
-def done(p: Paths, s: Settings, task: str) -> bool:
-    path = p.result(task)
+def settings_of(regimes: dict[str, Regime], synthetic: tuple[str, ...], task: Task) -> dict:
+    """What a task's result depends on: its regime, or the synthetic experiment's
+    arguments (as JSON would read them back)."""
+    made = asdict(regimes[task.regime]) if task.regime else {"synthetic": synthetic}
+    return json.loads(json.dumps(made))
+
+
+def done(p: Paths, regimes: dict[str, Regime], synthetic: tuple[str, ...], task: Task) -> bool:
+    path = p.result(task.name)
     if not path.exists():
         return False
-    return json.loads(path.read_text(encoding="utf-8")).get("paper_settings") == \
-        json.loads(json.dumps(asdict(s)))
+    return (json.loads(path.read_text(encoding="utf-8")).get("settings")
+            == settings_of(regimes, synthetic, task))
 
 
-def run_plan(p: Paths, s: Settings, argv: list[str], parallel: int) -> None:
-    """Start each task whose inputs are done, `parallel` at a time, as a child process.
+def run_plan(p: Paths, regimes: dict[str, Regime], synthetic: tuple[str, ...],
+             argv: list[str], parallel: int, only: list[str]) -> None:
+    """Start each task (of the regimes `only`, and the synthetic one if named) whose inputs
+    are done, `parallel` at a time, as a child process.
 
     Each task runs in a session of its own; if one fails, or this process is stopped
     (Ctrl-C, SIGTERM), every running task's whole group gets SIGTERM: a training run saves
     its last.pt and stops, and the next `paper.py` resumes it."""
-    prepare_data(p, s)
-    pending = [t for t in plan(s) if not done(p, s, t.name)]
+    tasks = plan([regimes[g] for g in regimes if g in only], "synthetic" in only)
+    for g in only:
+        if g in regimes:
+            prepare_data(p, regimes[g])
+    pending = [t for t in tasks if not done(p, regimes, synthetic, t)]
+    by_name = {t.name: t for t in tasks}
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
@@ -413,7 +511,8 @@ def run_plan(p: Paths, s: Settings, argv: list[str], parallel: int) -> None:
                     raise SystemExit(f"paper: task {name} failed (exit {proc.returncode})")
                 print(f"paper: {name} done in {time.perf_counter() - started:.0f} s",
                       flush=True)
-            ready = [t for t in pending if all(done(p, s, a) for a in t.after)]
+            ready = [t for t in pending
+                     if all(done(p, regimes, synthetic, by_name[a]) for a in t.after)]
             while ready and len(running) < parallel:
                 task = ready.pop(0)
                 pending.remove(task)
@@ -434,9 +533,13 @@ def run_plan(p: Paths, s: Settings, argv: list[str], parallel: int) -> None:
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                  if line.startswith("flags")), [])
+    kind = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags
+            else "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "x86-64")
     import torch
 
-    return (f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
+    return (f"{os.cpu_count()} cores ({cpu}, {kind}), torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
@@ -445,6 +548,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny models on tiny slices, every task and the report (CI)")
+    parser.add_argument("--regimes", nargs="+", choices=[*REGIMES, "synthetic"],
+                        default=[*REGIMES, "synthetic"],
+                        help="what to run (default all; the report covers every result)")
     parser.add_argument("--hansard", type=Path, default=ROOT.parent / "shared" / "data" /
                         "hansard-en-fr", help="the Hansard folder (train.{en,fr}.gz, "
                         "valid.*, test.*; default ../shared/data/hansard-en-fr)")
@@ -461,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     from seq2seq.cli import log_to_stderr
 
     log_to_stderr()
-    settings = QUICK if args.quick else Settings()
+    regimes = QUICK if args.quick else REGIMES
+    synthetic = ("--quick",) if args.quick else ()
     # The paths given, for the report's command line (relative: no path of one machine).
     paths = {k: getattr(args, k) for k in ("work", "results", "out", "figures")
              if getattr(args, k) is not None}
@@ -474,18 +581,22 @@ def main(argv: list[str] | None = None) -> None:
     args.figures = args.figures or home / "figures"
     p = Paths(args.work.resolve(), args.results.resolve(), args.hansard.resolve())
     if args.task:
-        return do_task(p, settings, args.task)
-    for name in ("train.en.gz", "train.fr.gz", "test.en", "test.fr", "valid.en", "valid.fr"):
-        if not (p.hansard / name).is_file():
-            parser.error(f"{p.hansard / name}: not found (give the Hansard folder with "
-                         "--hansard; see ../shared/data/hansard-en-fr/README.md)")
+        return do_task(p, regimes, synthetic, args.task)
+    if "hansard" in args.regimes:
+        for name in ("train.en.gz", "train.fr.gz", "test.en", "test.fr", "valid.en",
+                     "valid.fr"):
+            if not (p.hansard / name).is_file():
+                parser.error(f"{p.hansard / name}: not found (give the Hansard folder with "
+                             "--hansard; see ../shared/data/hansard-en-fr/README.md)")
     if not args.report:
-        run_plan(p, settings, [a for a in argv if a != "--report"], args.parallel)
+        child = [a for a in argv if a != "--report"]
+        run_plan(p, regimes, synthetic, child, args.parallel, args.regimes)
     from report import write_report
 
     command = " ".join(["python experiments/paper.py", *(["--quick"] if args.quick else []),
                         *(f"--{k} {shlex.quote(rel(v))}" for k, v in paths.items())])
-    write_report(p, settings, plan(settings), args.out, args.figures, command,
+    tasks = plan(list(regimes.values()))
+    write_report(p, regimes, tasks, args.out, args.figures, command,
                  None if args.quick else ROOT / "experiments" / "discussion.md")
     print(f"wrote {args.out}")
 
