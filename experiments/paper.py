@@ -313,6 +313,20 @@ def comparisons(r: Regime) -> list[tuple[str, str]]:
     return pairs
 
 
+def translations(p: Paths, r: Regime, name: str, beam: int) -> list[str]:
+    """The model task's translations of the test split, kept under --work; made again
+    (the same decoding) where that folder is gone, e.g. in a fresh clone."""
+    path = p.hyps(r, name, beam)
+    if not path.exists():
+        from seq2seq.translator import Translator
+
+        sources, refs = test_split(p, r)
+        out, _ = decode(Translator.load(p.best(r, name), device="cpu"), sources, refs, beam)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(t.text + "\n" for t in out), encoding="utf-8")
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
 def task_paired(p: Paths, r: Regime) -> dict:
     """The reversal's effects, paired: over seeds (each seed's difference, their mean and
     95% t interval) and over test sentences (sacreBLEU's paired bootstrap for BLEU, a
@@ -342,8 +356,8 @@ def task_paired(p: Paths, r: Regime) -> dict:
         for i, beam in enumerate(BEAMS):
             over_seeds[f"bleu{beam}"] = paired_effect([m["beams"][i]["bleu"] for m in a],
                                                       [m["beams"][i]["bleu"] for m in b])
-            hyps = {d: [p.hyps(r, f"{d}-seed{k}", beam).read_text(encoding="utf-8")
-                        .splitlines() for k in r.seeds] for d in (control, treated)}
+            hyps = {d: [translations(p, r, f"{d}-seed{k}", beam) for k in r.seeds]
+                    for d in (control, treated)}
             over_sentences[f"bleu{beam}"] = paired_bleu(
                 sum(hyps[control], []), sum(hyps[treated], []), refs * len(r.seeds))
             over_sentences[f"bleu{beam}_per_seed"] = [

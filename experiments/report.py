@@ -231,7 +231,8 @@ def paired_section(paired: dict) -> list[str]:
              "t-test's p over seeds; then the test over sentences: for perplexity the "
              "ratio treated / control with its 95% bootstrap interval and p (sentences "
              "resampled, seeds pooled), for BLEU sacreBLEU's paired bootstrap p (all seeds' "
-             "translations pooled; each seed's own p in brackets).", "",
+             "translations pooled, so each (seed, sentence) counts as one item and the pooled p is "
+             "somewhat too confident; each seed's own p, the sound one, in brackets).", "",
              "| comparison | metric | per-seed differences | mean [95% CI] | t-test p | "
              "over sentences | p | verdict |",
              "|---|---|---|---|---:|---|---:|---|"]
@@ -312,8 +313,8 @@ def analyses_section(r, regime, models, figures: Path) -> list[str]:
               "training text, 1 = most frequent (`seq2seq plot rarity --measure train-words`); "
               "eight groups of equal size.", "", f"![BLEU by rarity](figures/rarity-{g}.png)",
               "", *bucket_table(by_dir, "by_rarity", "mean rank"), ""]
-    if f"{g}/ensemble" in r:
-        e = r[f"{g}/ensemble"]
+    e = r.get(f"{g}/ensemble")
+    if e and all(n in models for n in e["runs"]):
         single = [statistics.mean(models[n]["beams"][i]["bleu"] for n in e["runs"])
                   for i in range(len(e["beams"]))]
         lines += ["### Ensemble (Table 1)", "",
