@@ -224,13 +224,6 @@ class SourceOrder:
         cuts = np.flatnonzero(self.word_starts[row[1:]]) + 1
         return np.concatenate(np.split(row, cuts)[::-1])
 
-    def __eq__(self, other: object) -> bool:
-        return (isinstance(other, SourceOrder) and self.reverse == other.reverse
-                and np.array_equal(self._starts(), other._starts()))
-
-    def _starts(self) -> np.ndarray:
-        return np.zeros(0, bool) if self.word_starts is None else self.word_starts
-
     def __repr__(self) -> str:
         return f"SourceOrder({self.reverse!r})"
 
