@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -257,7 +256,7 @@ def task_model(p: Paths, r: Regime, name: str) -> dict:
     words = analysis.target_words(refs, lang="fr")
     total = sum(sentence_nll)
     result = {
-        "run": name, "ppl": math.exp(total / sum(pieces)),
+        "run": name, "ppl": analysis.token_perplexity(nlls),
         "ppl_word": perplexity_per_word(total, sum(words), len(refs)),
         "beams": beams, "sentence_nll": [round(x, 4) for x in sentence_nll],
         "sentence_pieces": pieces, "sentence_words": words,

@@ -71,10 +71,9 @@ def verdict(e: dict, better: str) -> str:
 
 
 def _label(b: dict) -> str:
-    low, high = b["low"], b["high"]
-    if float(low).is_integer() and float(high).is_integer():
-        return f"{int(low)}-{int(high) - 1}"
-    return f"{low:.0f}-{high:.0f}"
+    from seq2seq.analysis import range_label
+
+    return range_label(b)
 
 
 # ------------------------------------------------------------------ the report

@@ -276,7 +276,7 @@ def profile_table(profile: dict[str, list[dict]]) -> str:
     rows = []
     for key, what in (("by_length", "src words"), ("by_position", "tgt position")):
         rows += [f"{what:>12} | tokens |     ppl", "-" * 32]
-        rows += [f"{_range_label(b):>12} | {b['tokens']:>6} | {b['ppl']:7.2f}"
+        rows += [f"{range_label(b):>12} | {b['tokens']:>6} | {b['ppl']:7.2f}"
                  for b in profile[key]]
     return "\n".join(rows)
 
@@ -294,7 +294,7 @@ def plot_profile(profile: dict[str, list[dict]], out: Path,
             ax.annotate(f"n={b['tokens']}", (x, b["ppl"]), textcoords="offset points",
                         xytext=(0, 7), ha="center", fontsize=7)
         ax.set_xticks(range(len(buckets)))
-        ax.set_xticklabels([_range_label(b) for b in buckets], fontsize=8)
+        ax.set_xticklabels([range_label(b) for b in buckets], fontsize=8)
         ax.set(xlabel=xlabel, ylabel="perplexity per target piece")
         ax.margins(y=0.15)
         ax.grid(alpha=0.3)
@@ -302,9 +302,13 @@ def plot_profile(profile: dict[str, list[dict]], out: Path,
     return save_figure(fig, out)
 
 
-def _range_label(bucket: dict) -> str:
-    """An integer range [low, high) as its first and last values: "1-9"."""
-    return f"{bucket['low']}-{bucket['high'] - 1}"
+def range_label(bucket: dict) -> str:
+    """A bucket's range [low, high): an integer one as its first and last values ("1-9"),
+    any other as its rounded ends."""
+    low, high = bucket["low"], bucket["high"]
+    if float(low).is_integer() and float(high).is_integer():
+        return f"{int(low)}-{int(high) - 1}"
+    return f"{low:.0f}-{high:.0f}"
 
 
 # --------------------------------------------------------------------------- Figure 2
