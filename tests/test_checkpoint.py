@@ -70,6 +70,21 @@ def test_save_replaces_atomically(tmp_path, trained_run):
     assert load_checkpoint(path)["step"] == state["step"]
 
 
+def test_a_save_never_follows_a_planted_symbolic_link(tmp_path, trained_run):
+    import os
+
+    state = load_checkpoint(trained_run / "best.pt")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / f".last.pt.tmp-{os.getpid()}").symlink_to(victim)  # the old temp name
+    (tmp_path / "best.pt").symlink_to(victim)
+    for name in ("last.pt", "best.pt"):
+        save_checkpoint(state, tmp_path / name)
+        assert not (tmp_path / name).is_symlink()
+        assert load_checkpoint(tmp_path / name)["step"] == state["step"]
+    assert victim.read_text() == "precious"
+
+
 def test_ensemble_needs_same_vocabularies(trained_run, tmp_path):
     state = load_checkpoint(trained_run / "best.pt")
     state["tgt_vocab"] = state["tgt_vocab"][:-1] + ["zzz"]

@@ -1,8 +1,11 @@
 """The command line: each bad input gives a one-line error and a non-zero exit."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -183,6 +186,45 @@ def test_translate_output_may_be_its_input_and_is_replaced_only_at_the_end(capsy
     one_line_error(code, err, "bad.en line 2: invalid UTF-8")
     assert same.read_text().splitlines() == translated
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.en", "in.en", "same.txt"]
+
+
+def test_translate_output_never_follows_a_planted_symbolic_link(capsys, tmp_path, trained_run):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "in.en").write_text("Tom is here.\n")
+    # A link at the name the temporary file used to have (.NAME.tmp-PID), and one at the
+    # output itself: the write must go to neither's target.
+    (tmp_path / f".res.txt.tmp-{os.getpid()}").symlink_to(victim)
+    (tmp_path / "linked.txt").symlink_to(victim)
+    for out in ("res.txt", "linked.txt"):
+        code, _, err = run(capsys, "translate", "--model", trained_run / "best.pt", "--input",
+                           tmp_path / "in.en", "--output", tmp_path / out, "--beam", 1)
+        assert code == 0, err
+        assert not (tmp_path / out).is_symlink() and (tmp_path / out).read_text().strip()
+    assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".res.txt.tmp-{os.getpid()}", "in.en", "linked.txt", "res.txt", "victim"]
+
+
+def test_sigterm_during_translate_leaves_no_temporary_file(tmp_path, trained_run):
+    out = tmp_path / "out.txt"
+    out.write_text("old\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seq2seq", "translate", "--model", trained_run / "best.pt",
+         "--output", out], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc.stdin.write(b"Tom is here.\n")  # and the input stays open: translate waits
+    proc.stdin.flush()
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.txt.tmp-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert b"Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    assert out.read_text() == "old\n"
 
 
 @pytest.mark.parametrize("where, message", [("missing/out.fr", "does not exist"),

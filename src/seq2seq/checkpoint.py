@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import torch
 from seq2seq.config import Config, config_from_dict
 from seq2seq.data import DataDir, SourceOrder
 from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.files import atomic_file
 from seq2seq.model import Seq2Seq
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import Vocabulary
@@ -86,27 +86,20 @@ def training_checkpoint(bundle: dict[str, Any], *, optimizer: dict, scaler: dict
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` atomically: a temp file in the same directory, fsync, rename.
+    """Write `state` to `path` atomically (`seq2seq.files.atomic_file`: a new temp file in
+    the same directory, fsync, rename), then fsync the directory.
 
     A crash at any moment leaves either the old file or the new one, never a partial one.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path, "wb") as f:
             torch.save({**state, "format": FORMAT, "version": VERSION}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as err:
-        # torch.save reports a full disk as a RuntimeError from its zip writer
-        if isinstance(err, OSError) and err.errno not in (errno.ENOSPC, errno.EDQUOT) or \
-                isinstance(err, RuntimeError) and not _disk_full(path):
+        if not _disk_full(err):
             raise
         raise CheckpointError(f"{path}: no space left on the device; the checkpoint was not "
                               "written (an earlier one there is intact)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -114,12 +107,14 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
         os.close(dir_fd)
 
 
-def _disk_full(path: Path) -> bool:
-    """Whether the filesystem of `path` has (next to) no space left."""
-    try:
-        return shutil.disk_usage(path.parent).free < 1 << 20
-    except OSError:
-        return False
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether `err` comes from a full disk: torch.save reports one as a RuntimeError of
+    its zip writer, raised while handling the OSError."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

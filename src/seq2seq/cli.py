@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 
@@ -50,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     log_to_stderr()
     try:
-        return args.run(args) or 0
+        # uvicorn handles SIGTERM itself (a graceful shutdown)
+        with nullcontext() if args.verb == "serve" else _sigterm_unwinds():
+            return args.run(args) or 0
+    except _Terminated:
+        return 128 + signal.SIGTERM
     except TrainingStopped as err:
         print(f"seq2seq {args.verb}: {err}", file=sys.stderr)
         return err.exit_code
@@ -63,6 +69,30 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (a BaseException, so that no `except Exception` stops it)."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the block runs, SIGTERM raises _Terminated, as Ctrl-C raises KeyboardInterrupt:
+    the verb unwinds and removes its temporary files and folders on the way out (by
+    default SIGTERM ends the process on the spot and leaves them). Only the main thread
+    may set a handler; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(_signum, _frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:

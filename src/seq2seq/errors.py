@@ -21,6 +21,11 @@ class CheckpointError(Seq2SeqError):
     """A checkpoint is missing, truncated, or not one of ours."""
 
 
+class InUse(Seq2SeqError):
+    """A folder is in use by another process: its lock (`seq2seq.files.exclusive_lock`) is
+    held."""
+
+
 class TrainingStopped(Seq2SeqError):
     """Training stopped before its end: interrupted (last.pt saved) or diverged (the last
     good checkpoints kept). `exit_code` is what the CLI exits with."""

@@ -17,7 +17,6 @@ import errno
 import gzip
 import io
 import lzma
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from seq2seq.errors import DataError
+from seq2seq.files import TEMP_MARK, atomic_file
 
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 TOKENIZERS = ("moses", "space", "sentencepiece")
@@ -115,9 +115,12 @@ def train_sentencepiece(lines: Iterator[str], vocab_size: int, lowercase: bool) 
 
 
 def open_binary(path: str | Path):
-    """Open a corpus file for reading bytes; `.gz` and `.xz` files are decompressed."""
+    """Open a corpus file for reading bytes; `.gz` and `.xz` files are decompressed. A
+    pipe (a FIFO, /dev/stdin) is read as it comes, once."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file")
+    if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.suffix == ".gz":
         return gzip.open(path, "rb")
@@ -150,7 +153,7 @@ def read_lines(path: str | Path) -> Iterator[str]:
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[TextIO]:
     """A UTF-8 text file for `path`, written under a temporary name beside it and renamed
-    over it only when the block ends without error.
+    over it only when the block ends without error (`seq2seq.files.atomic_file`).
 
     `path` is never truncated: it may be the very file the block reads its input from, and
     a run that fails leaves an existing file as it was. A full disk or a folder that cannot
@@ -161,24 +164,16 @@ def atomic_output(path: str | Path) -> Iterator[TextIO]:
         raise DataError(f"{path}: is a directory, not a file to write")
     if not path.parent.is_dir():
         raise DataError(f"{path}: its folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        try:
-            f = open(tmp, "w", encoding="utf-8")
-        except OSError as err:
-            raise DataError(f"{path}: cannot write there ({err.strerror})") from None
-        with f:
+        with atomic_file(path, "w", encoding="utf-8") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DataError(f"{path}: no space left on the device; nothing was replaced"
                             ) from None
+        if str(err.filename).startswith(str(path.with_name(f".{path.name}{TEMP_MARK}"))):
+            raise DataError(f"{path}: cannot write there ({err.strerror})") from None
         raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_pairs(src_path: str | Path, tgt_path: str | Path) -> Iterator[tuple[str, str]]:
