@@ -30,7 +30,7 @@ def test_training_lowers_validation_perplexity_and_writes_metrics(trained_run):
     assert train[-1]["loss"] < train[0]["loss"]
     assert all(r["tgt_tok_s"] > 0 for r in train)
     assert {p.name for p in trained_run.iterdir()} == {
-        "best.pt", "last.pt", "config.yaml", "metrics.jsonl"}
+        "best.pt", "last.pt", "config.yaml", "metrics.jsonl", "train.lock"}
     best = load_checkpoint(trained_run / "best.pt")
     assert "optimizer" not in best and best["config"]["model"]["reverse_source"]
 
@@ -86,6 +86,37 @@ def test_run_killed_mid_training_resumes_to_the_same_parameters(data_dir, tmp_pa
                     if "loss" in line]
     assert steps_logged == sorted(set(steps_logged))
     assert not [p for p in killed.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_a_second_run_on_the_same_folder_is_refused_naming_the_first(data_dir, tmp_path):
+    cfg = tiny_config(optim={"max_steps": 100_000},
+                      train={"log_every": 5, "valid_every": 100_000})
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(_run_command(cfg_path, data_dir, out), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _last_step(out) < 5 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run([*_run_command(cfg_path, data_dir, out), "model.hidden_size=48",
+                             "optim.max_steps=3"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert second.returncode == 2
+    assert f"is in use by another process (PID {first.pid}" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1, second.stderr
+    # The first run's files are the first run's alone, and it resumes.
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["hidden_size"] == 32
+    step = load_checkpoint(out / "last.pt")["step"]
+    assert load_checkpoint(out / "last.pt")["model"]["encoder.lstm.weight_hh_l0"].shape[1] == 32
+    resumed = tiny_config(optim={"max_steps": step + 2},
+                          train={"log_every": 5, "valid_every": 100_000})
+    Trainer(config_from_dict(resumed), data_dir, out).train()  # the lock went with the run
+    assert load_checkpoint(out / "last.pt")["step"] == step + 2
 
 
 def test_resume_refuses_a_different_config(data_dir, tmp_path):

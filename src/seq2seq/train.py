@@ -20,7 +20,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,14 @@ from seq2seq.device import (
     release_free_memory,
     resolve_device,
 )
-from seq2seq.errors import TrainingStopped
+from seq2seq.errors import InUse, Seq2SeqError, TrainingStopped
+from seq2seq.files import atomic_file, exclusive_lock, make_folder, temp_files
 from seq2seq.model import Seq2Seq, count_parameters
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = "train.lock"  # in the run directory; holds the PID of the run training there
+CHECKPOINTS = ("last.pt", "best.pt")
 
 
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
@@ -126,30 +131,54 @@ class Trainer:
     # ------------------------------------------------------------------ the run
 
     def train(self) -> dict[str, Any]:
-        """Train until the epoch budget (or max_steps) is spent; returns the last validation."""
-        self._start()
-        bar = tqdm(total=self._total_steps(), initial=self.step, unit="step",
-                   disable=None if self.rank == 0 else True, dynamic_ncols=True,
-                   file=sys.stderr)
+        """Train until the epoch budget (or max_steps) is spent; returns the last validation.
+        The run directory is locked meanwhile: a second run on it is refused (InUse)."""
         window = _Window()
         last_valid: dict[str, Any] = {}
-        with _StopSignals() as stop:
+        with self._run_dir_lock(), _StopSignals() as stop:
+            self._start()
+            bar = tqdm(total=self._total_steps(), initial=self.step, unit="step",
+                       disable=None if self.rank == 0 else True, dynamic_ncols=True,
+                       file=sys.stderr)
             while not self._finished():
                 if self._stop_requested(stop.signum):
                     bar.close()
                     self._interrupted(stop.signum)
                 stats = self.train_next()
                 last_valid = self._after_step(stats, window, bar) or last_valid
-        bar.close()
-        return self._finish(last_valid)
+            bar.close()
+            return self._finish(last_valid)
+
+    @contextmanager
+    def _run_dir_lock(self) -> Iterator[None]:
+        """Rank 0 makes the run directory and holds its lock (`LOCK_FILE`) while the block
+        runs; under torchrun the other ranks learn whether it could, and stop with it."""
+        with ExitStack() as held:
+            refused: Seq2SeqError | None = None
+            if self.rank == 0:
+                try:
+                    make_folder(self.run_dir)
+                    held.enter_context(exclusive_lock(self.run_dir / LOCK_FILE,
+                                                      f"the run directory {self.run_dir}"))
+                except Seq2SeqError as err:
+                    refused = err
+            if self.world > 1:
+                flag = torch.tensor([int(refused is not None)], device=self.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if flag.item() and refused is None:
+                    refused = InUse(f"{self.run_dir}: rank 0 could not take the run "
+                                    "directory (see its message)")
+            if refused is not None:
+                raise refused
+            yield
 
     def _start(self) -> None:
         """Resume from the run directory's last.pt if there is one, else begin the run."""
         last = self.run_dir / "last.pt"
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.run_dir.glob(".*.pt.tmp-*"):  # a save cut short by a kill
-                stale.unlink()
+            for name in CHECKPOINTS:  # saves cut short by a kill
+                for stale in temp_files(self.run_dir / name):
+                    stale.unlink()
         if last.exists():
             self._resume(last)
         elif self.rank == 0:
@@ -476,9 +505,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines(keepends=True)
             if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write("".join(keep))
 
 
 class _StopSignals:
