@@ -1,5 +1,10 @@
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +161,96 @@ def test_prepare_arguments_are_checked_with_one_message(corpus, tmp_path, capsys
                  flag, str(value)])
     assert code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_force_deletes_nothing_that_prepare_did_not_make(tmp_path):
+    (tmp_path / "x.en").write_text("a b\nc d\n")
+    (tmp_path / "x.fr").write_text("e f\ng h\n")
+    src, tgt, data = tmp_path / "x.en", tmp_path / "x.fr", tmp_path / "data"
+
+    def prep():
+        return prepare(src, tgt, src, tgt, data, tokenizer="space", force=True)
+
+    prep()
+    (data / "run1").mkdir()  # a run trained into the data directory
+    (data / "run1" / "last.pt").write_bytes(b"weights")
+    with pytest.raises(DataError, match="holds run1, which prepare did not make"):
+        prep()
+    (data / "run1" / "last.pt").unlink()
+    (data / "run1").rmdir()
+    (data / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="holds notes.txt, which prepare did not make"):
+        prep()
+    (data / "notes.txt").unlink()
+    (data / "vocab.src").unlink()
+    (data / "vocab.src").symlink_to(tmp_path / "x.en")  # a name of ours, but not our file
+    with pytest.raises(DataError, match="holds vocab.src"):
+        prep()
+    assert (tmp_path / "x.en").read_text() == "a b\nc d\n"
+    (data / "vocab.src").unlink()
+    prep()  # only prepare's files: replaced, and nothing else left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "x.en", "x.fr"]
+
+
+def test_force_through_a_symbolic_link_replaces_the_folder_it_points_to(tmp_path):
+    (tmp_path / "x.en").write_text("a b\nc d\n")
+    src, real, link = tmp_path / "x.en", tmp_path / "disk" / "data", tmp_path / "data"
+    prepare(src, src, src, src, real, tokenizer="space")
+    link.symlink_to(real, target_is_directory=True)
+    (tmp_path / "y.en").write_text("x y z\n")
+    prepare(tmp_path / "y.en", tmp_path / "y.en", src, src, link, tokenizer="space",
+            force=True)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert (real / "vocab.src").read_text().split()[-3:] == ["x", "y", "z"]
+    assert [p.name for p in real.parent.iterdir()] == ["data"]  # nothing left beside it
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="dangling: a symbolic link to .*nowhere"):
+        prepare(src, src, src, src, tmp_path / "dangling", tokenizer="space", force=True)
+
+
+def _prepare_from_a_fifo(tmp_path, out, *flags) -> tuple[subprocess.Popen, Path]:
+    """`seq2seq prepare` in a child process whose training sources come through a FIFO:
+    it waits, its temporary folder made, until the test writes the FIFO."""
+    fifo = tmp_path / "train.en"
+    os.mkfifo(fifo)
+    (tmp_path / "train.fr").write_text("e f\ng h\n")
+    (tmp_path / "valid.en").write_text("a b\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seq2seq", "prepare", "--train-src", fifo, "--train-tgt",
+         tmp_path / "train.fr", "--valid-src", tmp_path / "valid.en", "--valid-tgt",
+         tmp_path / "valid.en", "--out", out, "--tokenizer", "space", *flags],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 60
+    while not list(out.parent.glob(f".{out.name}.tmp-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.02)
+    return proc, fifo
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_an_out_made_while_prepare_runs_is_refused_not_replaced(tmp_path, force):
+    out = tmp_path / "data"
+    if force:  # a data directory of ours, to replace
+        (tmp_path / "old").mkdir()
+        (tmp_path / "old" / "x").write_text("a b\n")
+        prepare(tmp_path / "old" / "x", tmp_path / "old" / "x", tmp_path / "old" / "x",
+                tmp_path / "old" / "x", out, tokenizer="space")
+    proc, fifo = _prepare_from_a_fifo(tmp_path, out, *(["--force"] if force else []))
+    out.mkdir(exist_ok=True)  # another process makes the folder, or writes into it
+    (out / "mine.txt").write_text("keep me")
+    fifo.write_text("a b\nc d\n")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "appeared while prepare ran" in err or "holds mine.txt, which prepare did not" \
+        " make" in err, err
+    assert (out / "mine.txt").read_text() == "keep me"
+    assert not list(tmp_path.glob(".data.tmp-*"))
+
+
+def test_sigterm_removes_the_temporary_folder(tmp_path):
+    proc, _ = _prepare_from_a_fifo(tmp_path, tmp_path / "data")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

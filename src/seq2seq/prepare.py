@@ -25,6 +25,7 @@ import numpy as np
 
 from seq2seq.data import DATA_FORMAT, DATA_FORMAT_VERSION
 from seq2seq.errors import DataError, check_integer
+from seq2seq.files import make_temp_folder
 from seq2seq.text import Tokenizer, read_lines, read_pairs, train_sentencepiece
 from seq2seq.vocab import Vocabulary
 
@@ -32,6 +33,13 @@ log = logging.getLogger(__name__)
 
 CHUNK_LINES = 4096
 SIDES = ("src", "tgt")
+# The files of a data directory (the layout is in seq2seq.data): all that prepare makes,
+# and so all that `--force` may delete.
+DATA_FILES = frozenset({
+    "meta.json", *(f"vocab.{side}" for side in SIDES), *(f"spm.{side}.model" for side in SIDES),
+    *(f"{split}.{side}.{ext}" for split in ("train", "valid") for side in SIDES
+      for ext in ("ids", "offsets")),
+})
 
 
 @dataclass
@@ -135,25 +143,27 @@ def prepare(
 ) -> dict[str, Any]:
     """Tokenize, build vocabularies and binarize a parallel corpus into the directory `out`.
 
-    The directory appears only when everything succeeded (it is built under a temporary
-    name and renamed); an existing `out` is replaced only with `force`.
+    The directory appears only when everything succeeded (it is built under a new temporary
+    name and renamed). An existing `out` is replaced only with `force`, and only if it holds
+    nothing but a data directory's files (see `_check_replaceable`); if `out` is a symbolic
+    link, the folder it points to is replaced, and the link kept.
     Returns the summary that is also saved in `out/meta.json`.
     """
     for name, value in (("src_vocab", src_vocab), ("tgt_vocab", tgt_vocab),
                         ("max_len", max_len), ("workers", workers)):
         check_integer(name, value, 1)
+    inputs = (train_src, train_tgt, valid_src, valid_tgt)
     out = Path(out)
-    if out.exists():
+    if os.path.lexists(out):
         if not force:
             raise DataError(f"{out} already exists (use --force to replace it)")
-        _check_replaceable(out, (train_src, train_tgt, valid_src, valid_tgt))
+        out = _replaceable(out, inputs)
     start = time.perf_counter()
     src_lang = src_lang or _lang_of(train_src)
     tgt_lang = tgt_lang or _lang_of(train_tgt)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_folder(out)
     except OSError as err:
         raise DataError(f"{out}: cannot create the data directory there ({err.strerror})"
                         ) from None
@@ -184,11 +194,9 @@ def prepare(
                 (tmp / f"spm.{side}.model").write_bytes(tok.sp_model)
                 meta["tokenizer"][side]["sp_model"] = f"spm.{side}.model"
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _put_in_place(tmp, out, force, inputs)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own folder: only what we made
     elapsed = time.perf_counter() - start
     log.info(
         f"prepared {out}: train {train_stats.kept:,} of {train_stats.pairs:,} pairs kept "
@@ -200,9 +208,24 @@ def prepare(
     return meta
 
 
+def _replaceable(out: Path, inputs: tuple) -> Path:
+    """The folder that `--force` replaces for the existing `out`: `out`, or, if `out` is a
+    symbolic link, the folder it points to. The link is the user's, not ours: it stays,
+    and leads to the new data, built beside the old (for the rename) under the same rule."""
+    if out.is_symlink():
+        target = out.resolve()
+        if not target.is_dir():
+            raise DataError(f"{out}: a symbolic link to {target}, which is not a data "
+                            "directory; not replaced")
+        out = target
+    _check_replaceable(out, inputs)
+    return out
+
+
 def _check_replaceable(out: Path, inputs: tuple) -> None:
-    """`--force` replaces only a data directory of ours, and never one holding an input or
-    the current directory: what it deletes is what `prepare` made."""
+    """`--force` replaces only a data directory holding nothing but files `prepare` makes
+    (`DATA_FILES`), and never one holding an input or the current directory: what it
+    deletes is what `prepare` made."""
     where = out.resolve()
     if not (out / "meta.json").is_file():
         raise DataError(f"{out}: exists and is not a data directory (no meta.json); --force "
@@ -212,6 +235,47 @@ def _check_replaceable(out: Path, inputs: tuple) -> None:
     for path in inputs:
         if Path(path).resolve().is_relative_to(where):
             raise DataError(f"{out}: holds the input {path}; not replaced")
+    for entry in sorted(out.iterdir()):
+        if entry.name not in DATA_FILES or entry.is_symlink() or not entry.is_file():
+            raise DataError(f"{out}: holds {entry.name}, which prepare did not make; --force "
+                            "only replaces a data directory that holds nothing else (move "
+                            "it away, or prepare into another --out)")
+
+
+def _put_in_place(tmp: Path, out: Path, force: bool, inputs: tuple) -> None:
+    """Rename the finished data directory `tmp` to `out`. An `out` that appeared meanwhile
+    is refused, never replaced; with `force`, a data directory there (checked again) is
+    moved aside, and then only its files of `DATA_FILES` are deleted."""
+    old = None
+    if os.path.lexists(out):
+        if not force:
+            raise DataError(f"{out}: appeared while prepare ran; not replaced (the new data "
+                            "was not kept)")
+        _check_replaceable(out, inputs)
+        old = make_temp_folder(out)
+        os.rename(out, old)  # onto the empty folder just made: atomic, and ours alone
+    try:
+        # mkdir claims the name (it fails if anything is there); the rename then replaces
+        # only that empty folder (it fails if something was put in it meanwhile).
+        os.mkdir(out)
+        os.rename(tmp, out)
+    except OSError as err:
+        kept = f"; the old data directory is in {old}" if old else ""
+        raise DataError(f"{out}: appeared while prepare ran ({err.strerror}); not replaced"
+                        f"{kept}") from None
+    if old is not None:
+        _remove_data_dir(old)
+
+
+def _remove_data_dir(path: Path) -> None:
+    """Delete the files of `DATA_FILES` in `path`, then `path` if that emptied it."""
+    for name in DATA_FILES:
+        if (path / name).is_file() and not (path / name).is_symlink():
+            (path / name).unlink()
+    try:
+        path.rmdir()
+    except OSError:
+        log.warning(f"kept {path}: it holds files that prepare did not make")
 
 
 def _lang_of(path: str | Path) -> str:
