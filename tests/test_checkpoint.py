@@ -136,6 +136,26 @@ def test_translate_output_on_a_full_disk_keeps_the_old_file(small_disk):
     assert [p.name for p in small_disk.iterdir()] == ["out.txt"]
 
 
+def test_a_figure_on_a_full_disk_names_the_file(small_disk):
+    from matplotlib.figure import Figure
+
+    from seq2seq.analysis import save_figure
+    from seq2seq.errors import DataError
+
+    fig = Figure()
+    fig.subplots().plot(range(100))
+    with open(small_disk / "filler", "wb") as f:  # fill the disk
+        try:
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    with pytest.raises(DataError, match=f"{small_disk / 'fig.png'}: cannot write the figure"):
+        save_figure(fig, small_disk / "fig")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
 def test_garbage_sentencepiece_model_in_a_checkpoint(trained_run, tmp_path):
     state = load_checkpoint(trained_run / "best.pt")
     state["tokenizer"]["src"] = {"kind": "sentencepiece", "lang": "en", "lowercase": False,

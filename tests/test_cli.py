@@ -137,6 +137,101 @@ def test_translate_reads_stdin(trained_run):
     assert b"<stdin> line 2: invalid UTF-8" in proc.stderr
 
 
+def test_translate_reads_an_endless_stdin_line_in_bounded_memory(trained_run):
+    import resource
+
+    from seq2seq.text import MAX_LINE_BYTES
+
+    def limit_memory():  # so that a regression fails here instead of filling the machine
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seq2seq", "translate", "--model",
+             str(trained_run / "best.pt"), "--beam", "1"], stdin=zero,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=limit_memory,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        err = proc.stderr.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    one_line_error(proc.returncode, err, f"<stdin> line 1: longer than {MAX_LINE_BYTES:,} bytes")
+    assert usage.ru_maxrss < 1 << 20  # KiB: under 1 GB
+
+
+def _write_fifo(fifo, data: bytes, reader: subprocess.Popen) -> None:
+    """Write `data` into `fifo` once `reader` opens it; fail if `reader` ends first."""
+    deadline = time.time() + 120
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO while there is no reader
+            break
+        except OSError:
+            assert reader.poll() is None and time.time() < deadline, reader.stderr.read()
+            time.sleep(0.02)
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("how", ["fifo", "/dev/stdin"])
+def test_translate_input_may_be_a_pipe(tmp_path, trained_run, how):
+    command = [sys.executable, "-m", "seq2seq", "translate", "--model",
+               str(trained_run / "best.pt"), "--beam", "1", "--input"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if how == "/dev/stdin":
+        proc = subprocess.run([*command, "/dev/stdin"], input=b"Tom is here.\nI like cats.\n",
+                              capture_output=True, env=env, timeout=120)
+    else:
+        fifo = tmp_path / "in.en"
+        os.mkfifo(fifo)
+        child = subprocess.Popen([*command, str(fifo)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, env=env)
+        _write_fifo(fifo, b"Tom is here.\nI like cats.\n", child)
+        out, err = child.communicate(timeout=120)
+        proc = subprocess.CompletedProcess(command, child.returncode, out, err)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 2 and all(proc.stdout.splitlines())
+
+
+@pytest.mark.parametrize("case", ["evaluate --hyps = --ref", "evaluate --hyps = --src, linked",
+                                  "translate --output = --model", "plot --out.json = --hyps"])
+def test_an_output_that_is_an_input_is_refused(capsys, tmp_path, corpus, trained_run, case):
+    src, ref = tmp_path / "test.en", tmp_path / "test.fr"
+    src.write_bytes(corpus["valid_src"].read_bytes())
+    ref.write_bytes(corpus["valid_tgt"].read_bytes())
+    model = tmp_path / "model.pt"
+    model.write_bytes((trained_run / "best.pt").read_bytes())
+    before = {p: p.read_bytes() for p in (src, ref, model)}
+    evaluate = ["evaluate", "--model", model, "--src", src, "--ref", ref, "--beam", 1]
+    if case == "evaluate --hyps = --ref":
+        argv, message = [*evaluate, "--hyps", ref], f"--hyps {ref} is the same file as --ref"
+    elif case == "evaluate --hyps = --src, linked":
+        os.link(src, tmp_path / "hyps.txt")  # the same file under another name
+        argv = [*evaluate, "--hyps", tmp_path / "hyps.txt"]
+        message = "is the same file as --src"
+    elif case == "translate --output = --model":
+        argv = ["translate", "--model", model, "--input", src, "--output", model]
+        message = "is the same file as --model"
+    else:
+        hyps = tmp_path / "h.json"
+        hyps.write_bytes(ref.read_bytes())
+        before[hyps] = hyps.read_bytes()
+        argv = ["plot", "length", "--model", model, "--src", src, "--ref", ref, "--hyps",
+                hyps, "--out", tmp_path / "h"]
+        message = f"--out {hyps} is the same file as --hyps"
+    code, _, err = run(capsys, *argv)
+    one_line_error(code, err, message, "would destroy an input")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_plot_out_under_a_file_names_the_file(capsys, tmp_path, trained_run, corpus):
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = run(capsys, "plot", "length", "--model", trained_run / "best.pt", "--src",
+                       corpus["valid_src"], "--ref", corpus["valid_tgt"], "--beam", 1,
+                       "--out", tmp_path / "file" / "p")
+    one_line_error(code, err, f"{tmp_path / 'file'}: exists and is not a folder")
+
+
 def test_evaluate_json(capsys, corpus, trained_run):
     code, out, _ = run(capsys, "evaluate", "--model", trained_run / "best.pt", "--src",
                        corpus["valid_src"], "--ref", corpus["valid_tgt"], "--beam", 2, "--json")

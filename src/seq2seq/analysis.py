@@ -33,6 +33,7 @@ import numpy as np
 import sacrebleu
 
 from seq2seq.errors import ArgumentError, DataError, check_integer
+from seq2seq.files import atomic_file, make_folder
 from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import SPECIALS, Vocabulary
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from seq2seq.translator import Translator
 
 # Figure 3, left: source length in words, the buckets the paper's plot spans ([low, high)).
+FIGURE_SUFFIXES = (".png", ".svg")  # the files of a figure, `save_figure` writes
 LENGTH_EDGES = (1, 10, 15, 20, 25, 30, 35, 40, 50, 101)
 # Target position in pieces (1 = the first, </s> last): where reversal should matter.
 POSITION_EDGES = (1, 4, 8, 12, 16, 21, 31, 41, 61, 201)
@@ -457,15 +459,23 @@ def figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (7, 4.
 
 
 def save_figure(fig, out: str | Path) -> list[Path]:
-    """Write `fig` as `out`.png and `out`.svg; the two paths. The same figure gives the same
-    bytes (no date, fixed SVG ids), so a regenerated report changes only what changed."""
+    """Write `fig` as `out`.png and `out`.svg, each atomically (a full disk names the file
+    in a DataError, and leaves an older file as it was); the two paths. The same figure
+    gives the same bytes (no date, fixed SVG ids), so a regenerated report changes only
+    what changed."""
     import matplotlib
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     fig.tight_layout()
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    paths = [out.with_suffix(suffix) for suffix in FIGURE_SUFFIXES]
     with matplotlib.rc_context({"svg.hashsalt": "seq2seq"}):  # this block only
         for p in paths:
-            fig.savefig(p, dpi=120, metadata={"Date": None} if p.suffix == ".svg" else None)
+            try:
+                with atomic_file(p, "wb") as f:
+                    fig.savefig(f, format=p.suffix[1:], dpi=120,
+                                metadata={"Date": None} if p.suffix == ".svg" else None)
+            except OSError as err:
+                raise DataError(f"{p}: cannot write the figure ({err.strerror or err})"
+                                ) from None
     return paths

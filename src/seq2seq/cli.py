@@ -14,6 +14,7 @@ from itertools import islice
 from pathlib import Path
 
 from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped
+from seq2seq.files import check_not_an_input
 
 EXAMPLES = {
     "prepare": "seq2seq prepare --train-src data/tatoeba-en-fr/train.en.gz "
@@ -317,6 +318,8 @@ def _dry_run(cfg, data: str | None) -> None:
 def cmd_translate(args) -> None:
     from seq2seq.text import atomic_output
 
+    if args.output:  # --input may be the output: it is read whole before it is replaced
+        check_not_an_input(args.output, "--output", [("--model", m) for m in args.model])
     translator = _load(args)
     with atomic_output(args.output) if args.output else nullcontext(sys.stdout) as out:
         lines = _input_lines(args.input)
@@ -350,6 +353,9 @@ def cmd_evaluate(args) -> None:
     from seq2seq.evaluate import evaluate
     from seq2seq.text import atomic_output, read_pairs
 
+    if args.hyps:
+        check_not_an_input(args.hyps, "--hyps", [("--src", args.src), ("--ref", args.ref),
+                                                 *(("--model", m) for m in args.model)])
     translator = _load(args)
     pairs = list(read_pairs(args.src, args.ref))
     if not pairs:
@@ -415,8 +421,9 @@ def cmd_rescore(args) -> None:
 
 def cmd_plot(args) -> None:
     from seq2seq import analysis
-    from seq2seq.text import read_lines, read_pairs
+    from seq2seq.text import atomic_output, read_lines, read_pairs
 
+    _check_plot_outputs(args)
     if args.kind == "curves":
         return _plot_curves(args)
     if args.runs:
@@ -455,9 +462,22 @@ def cmd_plot(args) -> None:
     out = Path(args.out)
     paths = analysis.plot_buckets(buckets, xlabel, f"BLEU by {xlabel}", out)
     json_path = out.with_suffix(".json")
-    json_path.write_text(analysis.buckets_to_json(buckets, xlabel) + "\n")
+    with atomic_output(json_path) as f:
+        f.write(analysis.buckets_to_json(buckets, xlabel) + "\n")
     print(analysis.buckets_table(buckets, args.kind))
     print("\n".join(map(str, [*paths, json_path])))
+
+
+def _check_plot_outputs(args) -> None:
+    """No file `plot` writes (PREFIX.png, .svg, .json) may be one of its inputs."""
+    from seq2seq.analysis import FIGURE_SUFFIXES
+
+    inputs = [("--src", args.src), ("--ref", args.ref), ("--hyps", args.hyps),
+              ("--phrases", args.phrases), ("--train-src", args.train_src),
+              *(("--model", m) for m in args.model or ()),
+              *(("RUN_DIR", Path(run) / "metrics.jsonl") for run in args.runs)]
+    for suffix in (*FIGURE_SUFFIXES, ".json"):
+        check_not_an_input(Path(args.out).with_suffix(suffix), "--out", inputs)
 
 
 def _rarity(args, translator, sources) -> tuple[list[float], str]:
@@ -491,6 +511,7 @@ def _hypotheses(args, translator, sources) -> list[str]:
 def _plot_profile(args, translator, sources, refs) -> None:
     from seq2seq import analysis
     from seq2seq.stats import perplexity_per_word
+    from seq2seq.text import atomic_output
 
     nlls = analysis.token_nlls(translator, sources, refs, args.batch_size)
     profile = analysis.nll_profile(
@@ -502,7 +523,8 @@ def _plot_profile(args, translator, sources, refs) -> None:
                "ppl_per_word": perplexity_per_word(sum(float(x.sum()) for x in nlls),
                                                    sum(words), len(words))}
     json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps({**summary, **profile}, indent=2) + "\n")
+    with atomic_output(json_path) as f:
+        f.write(json.dumps({**summary, **profile}, indent=2) + "\n")
     print(analysis.profile_table(profile))
     print(f"perplexity {summary['ppl']:.2f} per target piece, {summary['ppl_per_word']:.2f} "
           f"per target word ({summary['sentences']} sentences, </s> counted)")
@@ -584,17 +606,11 @@ def _setup_process(workload: str, device: str, threads: int | None = None) -> No
 
 
 def _input_lines(path: str | None) -> Iterator[str]:
-    from seq2seq.text import read_lines
+    from seq2seq.text import read_lines, read_stream
 
     if path:
-        yield from read_lines(path)
-        return
-    for number, raw in enumerate(sys.stdin.buffer, start=1):
-        try:
-            yield raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as err:
-            raise DataError(f"<stdin> line {number}: invalid UTF-8 (byte "
-                            f"0x{raw[err.start]:02x} at column {err.start + 1})") from None
+        return read_lines(path)
+    return read_stream(sys.stdin.buffer, "<stdin>")
 
 
 if __name__ == "__main__":

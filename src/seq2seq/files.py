@@ -17,7 +17,7 @@ import errno
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -116,12 +116,12 @@ def exclusive_lock(lock_path: str | Path, what: str) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def check_not_an_input(output: str | Path, flag: str, inputs: dict[str, str | Path | None]
-                       ) -> None:
+def check_not_an_input(output: str | Path, flag: str,
+                       inputs: Iterable[tuple[str, str | Path | None]]) -> None:
     """ArgumentError if the output file `output` (given as `flag`) is one of `inputs`
-    (flag -> path; None for an absent one): the same path once resolved, or the same file
-    under another name (a hard link)."""
-    for name, path in inputs.items():
+    ((flag, path) pairs; None for an absent one): the same path once resolved, or the same
+    file under another name (a hard link)."""
+    for name, path in inputs:
         if path is not None and _same_file(Path(output), Path(path)):
             raise ArgumentError(
                 f"{flag} {output} is the same file as {name} {path}; writing it would "

@@ -21,13 +21,14 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from seq2seq.errors import DataError
 from seq2seq.files import TEMP_MARK, atomic_file
 
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad]")
 TOKENIZERS = ("moses", "space", "sentencepiece")
+MAX_LINE_BYTES = 1_000_000  # the longest line read_stream reads (a sentence is far shorter)
 
 
 def normalize(line: str) -> str:
@@ -132,22 +133,35 @@ def open_binary(path: str | Path):
 def read_lines(path: str | Path) -> Iterator[str]:
     """Yield the lines of a UTF-8 text file without their line ends, streaming.
 
-    Raises DataError naming the file and line on invalid UTF-8.
+    Raises DataError naming the file and line on invalid UTF-8 or a line over
+    MAX_LINE_BYTES (see `read_stream`).
     """
     number = 0
     try:
         with open_binary(path) as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as err:
-                    raise DataError(
-                        f"{path} line {number}: invalid UTF-8 (byte 0x{raw[err.start]:02x} "
-                        f"at column {err.start + 1})"
-                    ) from None
+            for line in read_stream(f, str(path)):
                 yield line
+                number += 1
     except (OSError, EOFError, lzma.LZMAError) as err:  # damaged .gz/.xz, I/O errors
         raise DataError(f"{path}: unreadable after line {number}: {err}") from None
+
+
+def read_stream(f: BinaryIO, name: str) -> Iterator[str]:
+    """Yield the lines of the binary stream `f` (a file, stdin) decoded from UTF-8, without
+    their line ends. DataError naming `name` and the line on invalid UTF-8, or on a line
+    longer than MAX_LINE_BYTES, which is read no further: no sentence is that long, and
+    an endless line (/dev/zero) must not fill the memory."""
+    number = 0
+    while raw := f.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise DataError(f"{name} line {number}: longer than {MAX_LINE_BYTES:,} bytes "
+                            "(not a text file of sentences?)")
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{name} line {number}: invalid UTF-8 (byte "
+                            f"0x{raw[err.start]:02x} at column {err.start + 1})") from None
 
 
 @contextmanager
