@@ -220,8 +220,8 @@ def _prepare_from_a_fifo(tmp_path, out, *flags) -> tuple[subprocess.Popen, Path]
          tmp_path / "train.fr", "--valid-src", tmp_path / "valid.en", "--valid-tgt",
          tmp_path / "valid.en", "--out", out, "--tokenizer", "space", *flags],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 60
-    while not list(out.parent.glob(f".{out.name}.tmp-*")) and time.time() < deadline:
+    deadline = time.time() + 60  # until it waits for the FIFO, its token spool open
+    while not list(out.parent.glob(f".{out.name}.tmp-*/train.tok")) and time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.02)
     return proc, fifo
@@ -253,4 +253,4 @@ def test_sigterm_removes_the_temporary_folder(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], err

@@ -469,8 +469,10 @@ def cmd_plot(args) -> None:
 
 
 def _check_plot_outputs(args) -> None:
-    """No file `plot` writes (PREFIX.png, .svg, .json) may be one of its inputs."""
+    """No file `plot` writes (PREFIX.png, .svg, .json) may be one of its inputs; their folder
+    is made now, so that a bad --out fails before the work."""
     from seq2seq.analysis import FIGURE_SUFFIXES
+    from seq2seq.files import make_folder
 
     inputs = [("--src", args.src), ("--ref", args.ref), ("--hyps", args.hyps),
               ("--phrases", args.phrases), ("--train-src", args.train_src),
@@ -478,6 +480,7 @@ def _check_plot_outputs(args) -> None:
               *(("RUN_DIR", Path(run) / "metrics.jsonl") for run in args.runs)]
     for suffix in (*FIGURE_SUFFIXES, ".json"):
         check_not_an_input(Path(args.out).with_suffix(suffix), "--out", inputs)
+    make_folder(Path(args.out).parent)
 
 
 def _rarity(args, translator, sources) -> tuple[list[float], str]:

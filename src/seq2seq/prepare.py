@@ -15,6 +15,7 @@ import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import islice
 from multiprocessing import get_context
@@ -254,12 +255,17 @@ def _put_in_place(tmp: Path, out: Path, force: bool, inputs: tuple) -> None:
         _check_replaceable(out, inputs)
         old = make_temp_folder(out)
         os.rename(out, old)  # onto the empty folder just made: atomic, and ours alone
+    claimed = False
     try:
         # mkdir claims the name (it fails if anything is there); the rename then replaces
         # only that empty folder (it fails if something was put in it meanwhile).
         os.mkdir(out)
+        claimed = True
         os.rename(tmp, out)
     except OSError as err:
+        if claimed:
+            with suppress(OSError):  # our claim, if still empty
+                os.rmdir(out)
         kept = f"; the old data directory is in {old}" if old else ""
         raise DataError(f"{out}: appeared while prepare ran ({err.strerror}); not replaced"
                         f"{kept}") from None
