@@ -86,7 +86,8 @@ def peak_rss_mb() -> float:
 
 
 def run_child(argv: list[str]) -> dict:
-    """Run `python argv...` in a fresh process; its last stdout line is a JSON record."""
+    """Run `python argv...` in a fresh process in this one's directory (so a benchmark runs
+    as `-m bench.NAME`, like its parent); its last stdout line is a JSON record."""
     proc = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed ({proc.returncode}): {' '.join(argv)}")
@@ -199,8 +200,8 @@ def ceiling_of_runs(precision: str, runs: list[dict], data: Path = BENCH_DATA,
     steps = sum(r["steps"] for r in runs)
     src = sum(r["src_tokens"] for r in runs) / steps
     tgt = sum(r["tgt_tokens"] for r in runs) / steps
-    ceil = run_child([str(ROOT / "bench" / "train_speed.py"), "--data", str(data), "--config",
-                      str(config), "--child", "ceiling", "--precision", precision,
+    ceil = run_child(["-m", "bench.train_speed", "--data", str(data), "--config", str(config),
+                      "--child", "ceiling", "--precision", precision,
                       "--per-step", str(src), str(tgt)])
     tok_s = median([r["tgt_tok_s"] for r in runs])
     return {**ceil, "mfu": round(tok_s / ceil["ceiling_tgt_tok_s"], 3)}

@@ -9,8 +9,8 @@ in a fresh process per setting, reporting that process's peak RSS (ru_maxrss):
 - `autograd`: the textbook output layer (full logits, log_softmax, autograd backward),
   i.e. what the chunked layer replaces.
 
-    .venv/bin/python bench/step_memory.py                 # all settings
-    .venv/bin/python bench/step_memory.py --setting 512   # one, in this process
+    .venv/bin/python -m bench.step_memory                 # all settings
+    .venv/bin/python -m bench.step_memory --setting 512   # one, in this process
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
         print(json.dumps(one_step(args.setting, args.threads)), flush=True)
         return
     for setting in SETTINGS:  # a fresh process each, so that peaks do not mix
-        subprocess.run([sys.executable, __file__, "--setting", setting,
+        subprocess.run([sys.executable, "-m", "bench.step_memory", "--setting", setting,
                         "--threads", str(args.threads)], check=True)
 
 
