@@ -26,7 +26,6 @@ per second divided by that ceiling's FLOPs per second.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -78,11 +77,6 @@ def proc_kb(pid: int, file: str, field: str) -> int:
             return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), 0)
     except OSError:
         return 0
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(argv: list[str]) -> dict:

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from bench.common import CORPUS, median, peak_rss_mb, run_child
+from bench.common import CORPUS, median, run_child
 
 
 def measure(model: str, beam: int, batch_size: int, n: int, precision: str, threads: int,
@@ -25,7 +25,7 @@ def measure(model: str, beam: int, batch_size: int, n: int, precision: str, thre
     import torch
     from sacrebleu.metrics import BLEU
 
-    from seq2seq.device import setup_process
+    from seq2seq.device import peak_rss_mb, setup_process
     from seq2seq.text import read_lines
     from seq2seq.translator import Translator
 

@@ -33,7 +33,6 @@ from bench.common import (
     ceiling_of_runs,
     matmul_ceiling,
     median,
-    peak_rss_mb,
     prepare_bench_data,
     run_child,
 )
@@ -47,7 +46,7 @@ def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list
     import tempfile
 
     from seq2seq.config import load_config
-    from seq2seq.device import resolve_device, setup_process
+    from seq2seq.device import peak_rss_mb, resolve_device, setup_process
     from seq2seq.train import Trainer
 
     cfg = load_config(config, [f"train.precision={precision}", *overrides])

@@ -14,6 +14,8 @@
   `Translator` changes nothing process-wide.
 - `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS
   (the trainer does it every `train.trim_every` updates).
+- `peak_rss_mb()`: this process's peak resident memory, for the training log and the
+  benchmarks.
 """
 
 from __future__ import annotations
@@ -239,3 +241,10 @@ def release_free_memory(device: torch.device) -> None:
     trim = _glibc("malloc_trim") if device.type == "cpu" else None
     if trim is not None:
         trim(0)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    import resource  # Unix only: imported where it is used
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -45,6 +45,7 @@ from seq2seq.device import (
     check_precision,
     dist_backend,
     grad_scaler,
+    peak_rss_mb,
     release_free_memory,
     resolve_device,
 )
@@ -342,7 +343,7 @@ class Trainer:
 
     def _validate_and_save(self) -> dict[str, Any]:
         record = {"step": self.step, "epoch": round(self.stream.epoch, 4), **self.validate(),
-                  "peak_rss_mb": round(_peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
+                  "peak_rss_mb": round(peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
         if not math.isfinite(record["valid_nll"]):
             raise TrainingStopped(
                 f"step {self.step}: validation loss {record['valid_nll']} (not finite); "
@@ -446,13 +447,6 @@ def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer:
