@@ -213,9 +213,8 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                    default="fp32",
                    help="matmul precision (default fp32); bf16 is faster on CPUs with "
                         "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
-                        "quantizes the LSTMs and the output layer when loading: 1.5-2.3x "
-                        "fp32's speed, BLEU within 0.1, on an AVX2 CPU without bf16; "
-                        "not yet measured with VNNI or AMX (bench/RESULTS.md, runs 11-12)")
+                        "quantizes the LSTMs and the output layer when loading. Speed and "
+                        "BLEU of each, per CPU kind: bench/RESULTS.md")
 
 
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True
