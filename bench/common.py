@@ -206,7 +206,7 @@ def best_ceiling(ceilings: list[dict], runs: list[dict]) -> dict:
     in the same conditions as its round's training), and the MFU of the median throughput
     of `runs` against it. Each shape counts at the best rate it reached in any round: a
     burst of the machine's noise slows many shapes of one measurement by up to half
-    (`bench/RESULTS.md`, run 5), which would lower the ceiling and flatter the MFU."""
+    (`bench/LOG.md`, run 5), which would lower the ceiling and flatter the MFU."""
     gflop = ceilings[0]["gflop_per_step"]
     if any(c["gflop_per_step"] != gflop for c in ceilings):
         raise ValueError("the rounds' ceilings are of different steps (matmul shapes or "
