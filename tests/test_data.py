@@ -28,6 +28,22 @@ def test_truncated_binary_is_detected(data_dir, tmp_path):
         DataDir(copy).split("train")
 
 
+@pytest.mark.parametrize("version", [2, 0, "1", None, [[1] * 50]])
+def test_a_data_format_version_it_does_not_read_is_refused_naming_the_directory(
+        data_dir, tmp_path, version):
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["version"] = version
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"copy/meta.json: data format version .{1,20}; "
+                                        r"this seq2seq reads version 1 \("):
+        DataDir(copy)
+
+
 def lengths(n, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(1, 30, n).astype(np.int32), rng.integers(1, 30, n).astype(np.int32)

@@ -4,7 +4,7 @@ reading order (`SourceOrder`: as written, or reversed by words or by pieces), an
 
 A data directory made by `seq2seq.prepare.prepare` holds::
 
-    meta.json                    format, tokenizer settings, max_len, counts
+    meta.json                    format and version, tokenizer settings, max_len, counts
     vocab.src  vocab.tgt         one token per line, ids 0-3 are the specials
     {split}.{side}.ids           int32 token ids of all sentences, back to back
     {split}.{side}.offsets       int64, n + 1 offsets: sentence i is ids[off[i]:off[i+1]]
@@ -28,6 +28,7 @@ from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
 DATA_FORMAT = "seq2seq-data"  # meta.json's "format"
 DATA_FORMAT_VERSION = 1
+DATA_READS = (1,)  # the meta.json versions DataDir reads
 
 
 # --------------------------------------------------------------------------- reading
@@ -70,6 +71,12 @@ class DataDir:
             raise DataError(f"{meta_path}: unreadable: {err}") from None
         if self.meta.get("format") != DATA_FORMAT:
             raise DataError(f"{meta_path}: not a seq2seq data directory")
+        version = self.meta.get("version")
+        if type(version) is not int or version not in DATA_READS:
+            shown = str(version)[:20]
+            raise DataError(f"{meta_path}: data format version {shown}; this seq2seq reads "
+                            f"version {', '.join(map(str, DATA_READS))} (prepare it again "
+                            "with this seq2seq)")
         self.src_vocab = Vocabulary.load(self.path / "vocab.src")
         self.tgt_vocab = Vocabulary.load(self.path / "vocab.tgt")
         self.max_len: int = self.meta["max_len"]
