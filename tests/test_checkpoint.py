@@ -145,8 +145,8 @@ def test_a_model_bundle_round_trips(data_dir, tmp_path):
     for name, weight in model.state_dict().items():
         assert torch.equal(b.model.state_dict()[name], weight), name
     with pytest.raises(CheckpointError, match="b.pt: lacks optimizer, scaler, data_stream, "
-                                              r"rng, elapsed, selection \(not a training "
-                                              r"checkpoint\)"):
+                                              r"rng, elapsed, selection, ema \(not a "
+                                              r"training checkpoint\)"):
         load_checkpoint(tmp_path / "b.pt", training=True)
 
 
@@ -204,7 +204,7 @@ def test_older_checkpoints_still_translate_and_resume_exactly(data_dir, tmp_path
     for name in ("last.pt", "best.pt"):  # as that version wrote them
         state = load_checkpoint(tmp_path / "old" / name)
         if "data_stream" in state:
-            del state["selection"]
+            del state["selection"], state["ema"]
         if "data_stream" in state and version == 1:
             state["position"] = {"step": state["step"], **state.pop("data_stream")}
             del state["elapsed"]  # absent before 2026-12

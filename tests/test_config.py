@@ -104,6 +104,7 @@ def test_bad_override_and_missing_file(tmp_path):
     ("train.patience=-1", "train.patience must be >= 0, got -1"),
     ("train.keep_last=-1", "train.keep_last must be >= 0, got -1"),
     ("train.keep_best=-1", "train.keep_best must be >= 0, got -1"),
+    ("train.ema=1", "train.ema must be in [0.0, 1.0), got 1.0"),
 ])
 def test_every_numeric_key_has_a_range(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -366,6 +366,12 @@ def test_tensorboard_scalars_are_written_and_read_back(data_dir, tmp_path):
         assert read == [(s, pytest.approx(v, rel=1e-6)) for s, v in logged], name
 
 
+def test_a_validation_beam_search_refuses_is_refused_before_training(data_dir, tmp_path):
+    cfg = tiny_config(train={"valid_metrics": ["ppl", "bleu"], "valid_beam": 1000})
+    with pytest.raises(ConfigError, match="train.valid_beam: beam must be"):
+        Trainer(config_from_dict(cfg), data_dir, tmp_path)
+
+
 def test_tensorboard_asked_for_but_missing_is_a_one_line_error(data_dir, tmp_path,
                                                                monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
@@ -373,3 +379,39 @@ def test_tensorboard_asked_for_but_missing_is_a_one_line_error(data_dir, tmp_pat
     with pytest.raises(ConfigError, match=r"train.tensorboard: true needs the tensorboard "
                                           r"package: pip install 'seq2seq\[tensorboard\]'"):
         Trainer(config_from_dict(cfg), data_dir, tmp_path)
+
+
+def test_ema_is_the_moving_average_of_the_weights_validated_and_resumed(data_dir, tmp_path):
+    def config(steps):
+        return config_from_dict(tiny_config(optim={"max_steps": steps}, model={"dropout": 0.1},
+                                            train={"valid_every": 2, "log_every": 2,
+                                                   "ema": 0.5, "keep_last": 1}))
+
+    trainer = Trainer(config(2), data_dir, tmp_path / "by-hand")
+    weights = [{n: p.detach().clone() for n, p in trainer.model.named_parameters()}]
+    for _ in range(2):
+        trainer.train_next()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+    for name, average in trainer.ema.state_dict().items():  # 0.25 w0 + 0.25 w1 + 0.5 w2
+        w0, w1, w2 = (w[name] for w in weights)
+        assert torch.allclose(average, 0.25 * w0 + 0.25 * w1 + 0.5 * w2, atol=1e-7), name
+    with trainer.ema.swapped_in():
+        assert torch.equal(trainer.model.decoder.output.weight,
+                           trainer.ema.weights["decoder.output.weight"])
+    for name, p in trainer.model.named_parameters():  # the weights themselves are back
+        assert torch.equal(p, weights[2][name]), name
+    # step-N.pt (and best.pt) hold the average, last.pt both; resuming keeps averaging
+    Trainer(config(4), data_dir, tmp_path / "whole").train()
+    Trainer(config(2), data_dir, tmp_path / "resumed").train()
+    Trainer(config(4), data_dir, tmp_path / "resumed").train()
+    for run in ("whole", "resumed"):
+        last = load_checkpoint(tmp_path / run / "last.pt", training=True)
+        kept = load_checkpoint(tmp_path / run / "step-00000004.pt")
+        for name, average in last["ema"].items():
+            assert torch.equal(kept["model"][name], average), name
+        assert not torch.equal(last["model"]["decoder.output.weight"],
+                               last["ema"]["decoder.output.weight"])
+    whole, resumed = (load_checkpoint(tmp_path / r / "step-00000004.pt")["model"]
+                      for r in ("whole", "resumed"))
+    for name, w in whole.items():
+        assert torch.equal(resumed[name], w), name

@@ -22,12 +22,15 @@ A *training checkpoint* (`last.pt`) adds what resuming needs:
     selection              `train.Selection.state_dict()`: the best value of
                            train.best_metric and its step, validations since, and the
                            (value, step) of each best-N.pt kept
+    ema                    with train.ema, the moving average of the weights, {name:
+                           fp32 tensor}; else None (`model` holds the weights themselves)
 
 Both are dicts of tensors and plain values, tagged with `format` and `version`, written
 atomically and read with `torch.load(weights_only=True)`, which unpickles no code.
 Older versions are read as the current one:
     1 -> 2   the data position in `position` = {step, epoch, batch}
-    2 -> 3   no `selection`: the best was always by perplexity, with no patience count
+    2 -> 3   no `selection`: the best was always by perplexity, with no patience
+             count; no `ema` (there was none)
 
 A run directory holds last.pt and best.pt, and, with train.keep_last / keep_best, the
 numbered model bundles step-N.pt and best-N.pt (N: the step, 8 digits).
@@ -58,11 +61,12 @@ VERSION = 3
 READS = (1, 2, 3)  # the versions load_checkpoint reads
 BUNDLE_KEYS = ("config", "model", "src_vocab", "tgt_vocab", "tokenizer", "max_len", "step",
                "best_valid_ppl")
-TRAINING_KEYS = ("optimizer", "scaler", "data_stream", "rng", "elapsed", "selection")
+TRAINING_KEYS = ("optimizer", "scaler", "data_stream", "rng", "elapsed", "selection", "ema")
 
 # Config keys that may change between a run and its resumption (they do not change the
 # result of the steps already taken). Not train.best_metric, valid_bleu_sentences or
-# valid_beam: the best value saved, and the patience count, were measured with them.
+# valid_beam: the best value saved, and the patience count, were measured with them; nor
+# train.ema: the average saved would not be the one asked for.
 RESUMABLE_CHANGES = {
     "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
     "train.checkpoint_every", "train.threads", "train.device", "train.trim_every",
@@ -88,10 +92,11 @@ def model_bundle(config: Config, model: Seq2Seq, data: DataDir, step: int,
 
 def training_checkpoint(bundle: dict[str, Any], *, optimizer: dict, scaler: dict,
                         data_stream: dict[str, int], rng: list[dict[str, Any]],
-                        elapsed: float, selection: dict[str, Any]) -> dict[str, Any]:
+                        elapsed: float, selection: dict[str, Any],
+                        ema: dict[str, Any] | None) -> dict[str, Any]:
     """A model bundle plus what resuming needs (the keys of TRAINING_KEYS)."""
     return {**bundle, "optimizer": optimizer, "scaler": scaler, "data_stream": data_stream,
-            "rng": rng, "elapsed": elapsed, "selection": selection}
+            "rng": rng, "elapsed": elapsed, "selection": selection, "ema": ema}
 
 
 def numbered_path(run_dir: str | Path, kind: str, step: int) -> Path:
@@ -198,6 +203,7 @@ def _upgrade_from_v2(state: dict[str, Any]) -> None:
         best = state["best_valid_ppl"]
         state["selection"] = {"best": best if math.isfinite(best) else None, "best_step": None,
                               "since_best": 0, "kept": []}
+        state["ema"] = None
     state["version"] = 3
 
 

@@ -123,6 +123,11 @@ class TrainConfig:
     # at every checkpoint) and the best keep_best (best-N.pt, by best_metric); 0 = none
     keep_last: int = field(default=0, metadata=at_least(0))
     keep_best: int = field(default=0, metadata=at_least(0))
+    # decay of an exponential moving average of the weights, kept during training
+    # (Marian's --exponential-smoothing): avg = decay * avg + (1 - decay) * weights after
+    # each update; validation, best.pt and the numbered checkpoints then use the average
+    # (last.pt keeps both). null = off
+    ema: float | None = field(default=None, metadata=fraction())
     # scalars (loss, perplexity, BLEU, lr, gradient norm, tok/s) to RUN_DIR/tb/ for
     # TensorBoard (needs the optional extra: pip install seq2seq[tensorboard])
     tensorboard: bool = False

@@ -26,7 +26,8 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,10 @@ from seq2seq.device import (
     release_free_memory,
     resolve_device,
 )
-from seq2seq.errors import ConfigError, TrainingStopped
+from seq2seq.errors import ArgumentError, ConfigError, TrainingStopped
 from seq2seq.evaluate import bleu_chrf
 from seq2seq.model import Seq2Seq, count_parameters
+from seq2seq.search import check_decoding
 from seq2seq.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -129,8 +131,11 @@ class Trainer:
         self._saved_step: int | None = None  # the step of the last last.pt written
         self.best_valid_ppl = float("inf")
         self.selection = Selection(cfg.train)
-        self.bleu_text = (self.data.valid_text(cfg.train.valid_bleu_sentences)
-                          if "bleu" in cfg.train.valid_metrics else None)
+        self.ema = None if cfg.train.ema is None else WeightAverage(self.model, cfg.train.ema)
+        self.bleu_text = None
+        if "bleu" in cfg.train.valid_metrics:
+            _check_valid_beam(cfg.train.valid_beam)
+            self.bleu_text = self.data.valid_text(cfg.train.valid_bleu_sentences)
         self._summary_writer = _summary_writer_class(cfg.train.tensorboard)
         self.scalars = None  # TensorBoard's writer, on rank 0, once the run has started
         # Wall seconds of training so far, across resumptions (time lost to a kill after
@@ -307,6 +312,8 @@ class Trainer:
         """The optimizer's step on the gradients; counts the update."""
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update()
         self.step += 1
         if self.cfg.train.trim_every and self.step % self.cfg.train.trim_every == 0:
             release_free_memory(self.device)  # see there: glibc's heap fragments
@@ -386,13 +393,14 @@ class Trainer:
     def _validate_and_save(self) -> dict[str, Any]:
         """Validate; save best.pt if it is the best, best-N.pt if among the keep_best best,
         then last.pt (and step-N.pt); log it, with the reason if the run stops early."""
-        record = self._validation()
-        improved, kept, dropped = self.selection.add(record)
-        self.best_valid_ppl = min(self.best_valid_ppl, record["valid_ppl"])
-        if improved:
-            self.save("best.pt", training=False)
-        if kept:
-            self.save(numbered_path(self.run_dir, "best", self.step).name, training=False)
+        with self._averaged():
+            record = self._validation()
+            improved, kept, dropped = self.selection.add(record)
+            self.best_valid_ppl = min(self.best_valid_ppl, record["valid_ppl"])
+            if improved:
+                self.save("best.pt", training=False)
+            if kept:
+                self.save(numbered_path(self.run_dir, "best", self.step).name, training=False)
         self._save_last()
         self._remove([numbered_path(self.run_dir, "best", step) for step in dropped])
         record["best"] = improved
@@ -406,6 +414,10 @@ class Trainer:
         if reason:
             log.info(reason)
         return record
+
+    def _averaged(self):
+        """With train.ema, a block in which the model holds the average of its weights."""
+        return self.ema.swapped_in() if self.ema else nullcontext()
 
     def _validation(self) -> dict[str, Any]:
         """The validation record of this step (the metrics of train.valid_metrics)."""
@@ -432,7 +444,8 @@ class Trainer:
             state = training_checkpoint(
                 state, optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                 data_stream=self.stream.state_dict(), rng=self._rng_states(),
-                elapsed=self.elapsed(), selection=self.selection.state_dict())
+                elapsed=self.elapsed(), selection=self.selection.state_dict(),
+                ema=self.ema.state_dict() if self.ema else None)
         if self.rank == 0:
             save_checkpoint(state, self.run_dir / name)
         if training:
@@ -444,7 +457,9 @@ class Trainer:
         self.save("last.pt")
         keep = self.cfg.train.keep_last
         if keep:
-            self.save(numbered_path(self.run_dir, "step", self.step).name, training=False)
+            with self._averaged():
+                self.save(numbered_path(self.run_dir, "step", self.step).name,
+                          training=False)
             self._remove(numbered_checkpoints(self.run_dir, "step")[:-keep])
 
     def _remove(self, paths: list[Path]) -> None:
@@ -464,6 +479,8 @@ class Trainer:
         self.step = self._saved_step = state["step"]
         self.best_valid_ppl = state["best_valid_ppl"]
         self.selection.load_state_dict(state["selection"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
         self._seconds_before = float(state["elapsed"])
         _set_rng_states(state["rng"][self.rank % len(state["rng"])])  # more ranks: reuse
         if self.rank == 0:
@@ -557,6 +574,52 @@ class Selection:
         self.best, self.best_step = state["best"], state["best_step"]
         self.since_best = state["since_best"]
         self.kept = [tuple(k) for k in state["kept"]]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, in fp32: after each update,
+    average = decay * average + (1 - decay) * weights (Marian's --exponential-smoothing).
+    `swapped_in()` lends the average to the model for a block (validating, saving)."""
+
+    def __init__(self, model: Seq2Seq, decay: float):
+        self.model, self.decay = model, decay
+        self.weights = {name: p.detach().float().clone()
+                        for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        params = [p.detach().float() for p in self.model.parameters()]
+        torch._foreach_lerp_(list(self.weights.values()), params, 1.0 - self.decay)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        params = dict(self.model.named_parameters())
+        own = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.weights[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(own[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.weights)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, w in state.items():
+            self.weights[name].copy_(w)
+
+
+def _check_valid_beam(beam: int) -> None:
+    """ConfigError before training, not at the first validation, for a beam that
+    `seq2seq.search` refuses."""
+    try:
+        check_decoding(beam)
+    except ArgumentError as err:
+        raise ConfigError(f"train.valid_beam: {err}") from None
 
 
 def _summary_writer_class(wanted: bool):
