@@ -99,6 +99,12 @@ def test_bad_override_and_missing_file(tmp_path):
     ("train.threads=0", "train.threads must be >= 1"),
     ("train.loss_chunk=0", "train.loss_chunk must be >= 1, got 0"),
     ("train.trim_every=-1", "train.trim_every must be >= 0"),
+    ("train.valid_bleu_sentences=0", "train.valid_bleu_sentences must be >= 1, got 0"),
+    ("train.valid_beam=0", "train.valid_beam must be >= 1, got 0"),
+    ("train.patience=-1", "train.patience must be >= 0, got -1"),
+    ("train.keep_last=-1", "train.keep_last must be >= 0, got -1"),
+    ("train.keep_best=-1", "train.keep_best must be >= 0, got -1"),
+    ("train.ema=1", "train.ema must be in [0.0, 1.0), got 1.0"),
 ])
 def test_every_numeric_key_has_a_range(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -119,3 +125,19 @@ def test_floats_written_without_a_dot_are_floats(tmp_path):
 def test_config_path_that_is_a_folder(tmp_path):
     with pytest.raises(ConfigError, match="is a directory, not a config file"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.valid_metrics=[ppl, rouge]"], "train.valid_metrics must be one of ppl, bleu, "
+                                           "got 'rouge'"),
+    (["train.valid_metrics=bleu"], "train.valid_metrics must be a list, got 'bleu'"),
+    (["train.valid_metrics=[]"], "train.valid_metrics must name ppl and/or bleu once each"),
+    (["train.valid_metrics=[bleu, bleu]"], "must name ppl and/or bleu once each"),
+    (["train.best_metric=bleu"], "train.best_metric=bleu must be one of train.valid_metrics "
+                                 "(ppl)"),
+])
+def test_validation_metrics_are_checked_together(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    cfg = load_config(None, ["train.valid_metrics=[ppl, bleu]", "train.best_metric=bleu"])
+    assert (cfg.train.valid_metrics, cfg.train.best_metric) == (["ppl", "bleu"], "bleu")

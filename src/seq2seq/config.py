@@ -110,6 +110,27 @@ class TrainConfig:
     # a non-finite loss or gradient: stop the run (the last good checkpoints stay), or skip
     # the batch (counted and warned)
     nonfinite: Literal["stop", "skip"] = "stop"
+    # What each validation measures: perplexity, and BLEU of the first valid_bleu_sentences
+    # validation pairs decoded with beam valid_beam (1 = greedy), as `seq2seq evaluate` does
+    valid_metrics: list[Literal["ppl", "bleu"]] = field(default_factory=lambda: ["ppl"])
+    valid_bleu_sentences: int = field(default=500, metadata=at_least(1))
+    valid_beam: int = field(default=1, metadata=at_least(1))
+    # the metric that chooses best.pt and that early stopping watches (one of valid_metrics)
+    best_metric: Literal["ppl", "bleu"] = "ppl"
+    # stop after this many validations in a row without a new best; 0 = never
+    patience: int = field(default=0, metadata=at_least(0))
+    # numbered checkpoints kept beside last.pt / best.pt: the newest keep_last (step-N.pt,
+    # at every checkpoint) and the best keep_best (best-N.pt, by best_metric); 0 = none
+    keep_last: int = field(default=0, metadata=at_least(0))
+    keep_best: int = field(default=0, metadata=at_least(0))
+    # decay of an exponential moving average of the weights, kept during training:
+    # avg = decay * avg + (1 - decay) * weights after
+    # each update; validation, best.pt and the numbered checkpoints then use the average
+    # (last.pt keeps both). null = off
+    ema: float | None = field(default=None, metadata=fraction())
+    # scalars (loss, perplexity, BLEU, lr, gradient norm, tok/s) to RUN_DIR/tb/ for
+    # TensorBoard (needs the optional extra: pip install seq2seq[tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass
@@ -149,7 +170,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     """Build a `Config` from nested dicts, checking every key and type."""
-    return _build(Config, raw, prefix="", where=where)
+    cfg = _build(Config, raw, prefix="", where=where)
+    _check_together(cfg, where)
+    return cfg
+
+
+def _check_together(cfg: Config, where: str) -> None:
+    """The checks that read two keys at once."""
+    t = cfg.train
+    if len(set(t.valid_metrics)) != len(t.valid_metrics) or not t.valid_metrics:
+        raise ConfigError(f"{where}: train.valid_metrics must name ppl and/or bleu once each, "
+                          f"got {t.valid_metrics!r}")
+    if t.best_metric not in t.valid_metrics:
+        raise ConfigError(f"{where}: train.best_metric={t.best_metric} must be one of "
+                          f"train.valid_metrics ({', '.join(t.valid_metrics)})")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -227,6 +261,11 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
             return None
         (inner,) = [o for o in options if o is not type(None)]
         return _check(value, inner, key, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_check(v, inner, key, where) for v in value]
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:

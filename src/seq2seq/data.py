@@ -8,6 +8,7 @@ A data directory made by `seq2seq.prepare.prepare` holds::
     vocab.src  vocab.tgt         one token per line, ids 0-3 are the specials
     {split}.{side}.ids           int32 token ids of all sentences, back to back
     {split}.{side}.offsets       int64, n + 1 offsets: sentence i is ids[off[i]:off[i+1]]
+    valid.{side}.txt             the validation text as given to prepare (validation BLEU)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ import torch
 
 from seq2seq.config import BatchingConfig
 from seq2seq.errors import DataError
-from seq2seq.text import Tokenizer
+from seq2seq.text import Tokenizer, read_pairs
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
 DATA_FORMAT = "seq2seq-data"  # meta.json's "format"
@@ -90,6 +92,20 @@ class DataDir:
     def source_order(self, reverse: str) -> SourceOrder:
         """The reading order `reverse` (one of REVERSALS) for this data's sources."""
         return SourceOrder.of(reverse, self.src_vocab.words, self.meta["tokenizer"]["src"]["kind"])
+
+    def valid_text(self, n: int) -> tuple[list[str], list[str]]:
+        """The first `n` validation pairs as raw text, (sources, references), as `prepare`
+        was given them (not the ids: their <unk>s would match the model's). Data
+        directories made before these copies were kept read the files meta.json names."""
+        paths = [self.path / f"valid.{side}.txt" for side in ("src", "tgt")]
+        if not all(p.is_file() for p in paths):
+            paths = [Path(p) for p in self.meta.get("sources", {}).get("valid", [])]
+        if len(paths) != 2 or not all(p.is_file() for p in paths):
+            raise DataError(f"{self.path}: holds no validation text for validation BLEU, and "
+                            f"the files meta.json names are not there ({paths}); run "
+                            "`seq2seq prepare` again")
+        pairs = list(islice(read_pairs(*paths), n))
+        return [s for s, _ in pairs], [t for _, t in pairs]
 
     def split(self, name: str) -> ParallelCorpus:
         return ParallelCorpus(self.path / f"{name}.src", self.path / f"{name}.tgt")

@@ -10,7 +10,7 @@ Several checkpoints make an ensemble; they must share vocabularies and tokenizer
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +127,7 @@ class Translator:
     def translate(
         self, sentences: Sequence[str], beam: int = 12, nbest: int = 1, batch_size: int = 64,
         max_len_a: float = 2.0, max_len_b: int = 10, first_line: int = 1,
-        length_penalty: float = 0.0,
+        length_penalty: float = 0.0, progress: Callable[[int], None] | None = None,
     ) -> list[Translation]:
         """Translate raw sentences; beam 1 is greedy search. Empty inputs give empty outputs.
 
@@ -135,11 +135,15 @@ class Translator:
         (see `seq2seq.search`); 0, the paper's choice, ranks by log-probability. Greedy
         search has nothing to rank, so beam 1 ignores it.
 
-        `first_line` numbers the inputs in warnings (for callers that stream a file).
+        `first_line` numbers the inputs in warnings (for callers that stream a file);
+        `progress`, if given, is called with the number of sentences of each batch done
+        (e.g. a tqdm bar's `update`).
         """
         check_decoding(beam, nbest, batch_size, max_len_a, max_len_b, length_penalty)
         sources = self.source_ids(_sentences(sentences, "sentences"), first_line)
         results: list[Translation] = [Translation("", 0.0, [("", 0.0)])] * len(sources)
+        progress = progress or (lambda sentences: None)
+        progress(sum(not s for s in sources))  # empty ones are done already
         for idx in _length_batches(sources, batch_size):
             batch = [sources[i] for i in idx]
             with self._autocast():
@@ -151,6 +155,7 @@ class Translator:
                                        length_penalty)
             for i, nb in zip(idx, hyps):
                 results[i] = self._translation(nb)
+            progress(len(idx))
         return results
 
     def _autocast(self):
@@ -161,9 +166,10 @@ class Translator:
         return Translation(nbest[0][0], nbest[0][1], nbest)
 
     @torch.inference_mode()
-    def score(self, sources: Sequence[str], targets: Sequence[str],
-              batch_size: int = 64) -> list[float]:
-        """log p(T|S) of each (source, target) pair, target </s> included."""
+    def score(self, sources: Sequence[str], targets: Sequence[str], batch_size: int = 64,
+              progress: Callable[[int], None] | None = None) -> list[float]:
+        """log p(T|S) of each (source, target) pair, target </s> included; `progress` as
+        in `translate`."""
         sources, targets = _sentences(sources, "sources"), _sentences(targets, "targets")
         check_decoding(batch_size=batch_size)
         if len(sources) != len(targets):
@@ -176,6 +182,8 @@ class Translator:
                                                     [tgt_ids[i] for i in idx])
             for i, s in zip(idx, logp.sum(1).tolist()):
                 scores[i] = s
+            if progress:
+                progress(len(idx))
         return scores
 
     @torch.inference_mode()
