@@ -124,9 +124,8 @@ class TrainConfig:
     keep_last: int = field(default=0, metadata=at_least(0))
     keep_best: int = field(default=0, metadata=at_least(0))
     # decay of an exponential moving average of the weights, kept during training:
-    # avg = decay * avg + (1 - decay) * weights after
-    # each update; validation, best.pt and the numbered checkpoints then use the average
-    # (last.pt keeps both). null = off
+    # avg = decay * avg + (1 - decay) * weights after each update; validation, best.pt and
+    # the numbered checkpoints then use the average (last.pt keeps both). null = off
     ema: float | None = field(default=None, metadata=fraction())
     # scalars (loss, perplexity, BLEU, lr, gradient norm, tok/s) to RUN_DIR/tb/ for
     # TensorBoard (needs the optional extra: pip install seq2seq[tensorboard])
