@@ -216,7 +216,7 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted((k if isinstance(k, str) else shown(k) for k in set(raw) - names))
+    unknown = sorted(k if isinstance(k, str) else shown(k) for k in set(raw) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key {prefix}{unknown[0][:80]} "
                           f"(allowed: {', '.join(sorted(names))})")

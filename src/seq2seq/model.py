@@ -8,6 +8,8 @@ drawn uniformly from [-0.08, 0.08].
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -264,11 +266,14 @@ class _ChunkedLoss(torch.autograd.Function):
                 grad_bias.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Parameter counts: total, recurrent (LSTM) of the encoder and decoder, embeddings, output."""
-    enc, dec = model.encoder, model.decoder
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+def count_parameters(model: nn.Module | dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Parameter counts: total, recurrent (LSTM) of the encoder and decoder, embeddings,
+    output; of a model, or of its `parameter_shapes` (`train --dry-run`: nothing built)."""
+    shapes = model if isinstance(model, dict) else \
+        {name: tuple(p.shape) for name, p in model.named_parameters()}
+    n = lambda prefix: sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefix))  # noqa: E731
     return {
-        "total": n(model), "encoder_lstm": n(enc.lstm), "decoder_lstm": n(dec.lstm),
-        "src_embed": n(enc.embed), "tgt_embed": n(dec.embed), "output": n(dec.output),
+        "total": n(""), "encoder_lstm": n("encoder.lstm."), "decoder_lstm": n("decoder.lstm."),
+        "src_embed": n("encoder.embed."), "tgt_embed": n("decoder.embed."),
+        "output": n("decoder.output."),
     }
