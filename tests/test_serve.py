@@ -656,16 +656,18 @@ def test_score_counts_against_the_cost_bound(trained_run):
                                         "--max-cost)")
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/translate", '{"sentences": ["Go!", "a\\ud800b"]}', "sentences"),
-    ("/score", '{"sources": ["Go!"], "targets": ["\\udfff"]}', "targets"),
+@pytest.mark.parametrize("path, body, field, message", [
+    ("/translate", '{"sentences": ["Go!", "a\\ud800b"]}', "sentences", "lone surrogate"),
+    ("/score", '{"sources": ["Go!"], "targets": ["\\udfff"]}', "targets", "lone surrogate"),
+    ("/translate", '{"sentences": "\\ud800"}', "sentences", "valid list"),  # echoed back
+    ("/translate", '{"sentences": ["Go!"], "beam": "\\ud800"}', "beam", "valid integer"),
 ])
 def test_a_lone_surrogate_is_422_naming_the_field_and_nothing_is_logged(
-        client, capfd, caplog, path, body, field):
+        client, capfd, caplog, path, body, field, message):
     response = client.post(path, content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     (detail,) = response.json()["detail"]
-    assert detail["loc"] == ["body", field] and "lone surrogate" in detail["msg"]
+    assert detail["loc"] == ["body", field] and message in detail["msg"]
     assert "Traceback" not in capfd.readouterr().err
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 

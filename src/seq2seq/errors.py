@@ -56,7 +56,7 @@ def shown(value) -> str:
 def check_text(name: str, texts: list[str]) -> None:
     """ArgumentError naming `name`, the item and the position if a string of `texts` holds
     a lone surrogate (U+D800..U+DFFF: no Unicode character, not writable as UTF-8), which
-    the tokenizers' C++ code cannot take."""
+    SentencePiece's C++ code cannot take (pybind11 raises a bare RuntimeError)."""
     for i, text in enumerate(texts):
         if not text.isascii():
             try:

@@ -603,8 +603,9 @@ def _translation_out(t: Translation) -> TranslationOut:
 
 
 async def _invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
-    """422 naming the field. Inputs that JSON cannot carry back (NaN, Infinity, 1e400) are
-    echoed as text; FastAPI's own handler would fail on them with a 500."""
+    """422 naming the field. Inputs that JSON cannot carry back (NaN, Infinity, 1e400, a
+    lone surrogate) are echoed as text; FastAPI's own handler would fail on them with a
+    500."""
     detail = [{k: _json_safe(v) for k, v in e.items() if k in ("loc", "msg", "type", "input")}
               for e in err.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
@@ -617,9 +618,11 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str):  # a lone surrogate cannot be written as UTF-8: escaped
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, int | float | bool):
         return value
-    return str(value)
+    return _json_safe(str(value))
 
 
 async def _internal_error(_: Request, err: Exception) -> JSONResponse:
