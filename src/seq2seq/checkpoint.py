@@ -253,7 +253,7 @@ def _check_contents(state: dict[str, Any], cfg: Config, path: Path) -> None:
             m, name = cfg.model, name if isinstance(name, str) else shown(name)
             raise CheckpointError(
                 f"{path}: its weights do not fit its config and vocabularies: {name} is "
-                f"{have or 'missing'}, needed {needed.get(name) or 'none'} "
+                f"{'missing' if have is None else have}, needed {needed.get(name) or 'none'} "
                 f"(embed_dim {m.embed_dim}, hidden_size {m.hidden_size}, num_layers "
                 f"{m.num_layers}, {len(state['src_vocab']):,} + {len(state['tgt_vocab']):,} "
                 "words)")
