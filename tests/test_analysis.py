@@ -291,3 +291,11 @@ def test_plot_curves_errors_name_the_run(capsys, tmp_path):
     assert "needs at least one RUN_DIR" in capsys.readouterr().err
     assert main(["plot", "length", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
     assert "takes no RUN_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", ['{"step": "10", "ppl": 3.0}', '{"step": 10, "ppl": [1]}',
+                                  '{"step": true}'])
+def test_plot_curves_refuses_a_record_with_a_wrong_typed_number(capsys, tmp_path, line):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "ppl": 9.0}\n' + line + "\n")
+    assert main(["plot", "curves", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "metrics.jsonl line 2: '" in capsys.readouterr().err

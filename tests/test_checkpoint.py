@@ -1,10 +1,12 @@
+import copy
 import math
 import subprocess
+import zipfile
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_bounded, tiny_config
 from seq2seq.checkpoint import (
     BUNDLE_KEYS,
     FORMAT,
@@ -257,3 +259,74 @@ def test_averaging_refuses_checkpoints_of_different_models(trained_run, tmp_path
     with pytest.raises(CheckpointError, match=rf"other.pt: {what}.* from .*best.pt's; only "
                                               "checkpoints of the same model average"):
         average_checkpoints([trained_run / "best.pt", other])
+
+
+def _edited(state: dict, path, model: dict | None = None, **top) -> str:
+    """`state` with some model config keys and top-level keys changed, saved at `path`."""
+    edited = copy.deepcopy(state)
+    edited["config"]["model"].update(model or {})
+    edited.update(top)
+    save_checkpoint(edited, path)
+    return str(path)
+
+
+def _deflate_bomb(good, path) -> str:
+    """`good`'s archive, compressed, plus a part that inflates to 200 MB (file: ~0.2 MB)."""
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for part in src.infolist():
+            out.writestr(part.filename, src.read(part))
+        out.writestr("archive/data/bomb", bytes(200 << 20))
+    return str(path)
+
+
+def test_a_checkpoint_is_checked_before_its_model_is_built(trained_run, tmp_path):
+    """Edited checkpoints: sizes out of the config's ranges, sizes in range that do not fit
+    the weights (12,000 would be 9 GB of LSTM), 2M words for a 2,000-row embedding, a
+    deflate bomb: each a one-line error naming the file, in a child capped at 2 GB of
+    address space whose peak RSS stays under 1 GB."""
+    state = load_checkpoint(trained_run / "best.pt")
+    for key in ("format", "version"):
+        state.pop(key)
+    cases = {
+        _edited(state, tmp_path / "h1e9.pt", {"hidden_size": 10**9}):
+            "h1e9.pt (config): model.hidden_size must be in [1, 16,384]",
+        _edited(state, tmp_path / "h40k.pt", {"hidden_size": 40_000}):
+            "h40k.pt (config): model.hidden_size must be in [1, 16,384]",
+        _edited(state, tmp_path / "h12k.pt", {"hidden_size": 12_000}):
+            "h12k.pt: its weights do not fit its config and vocabularies: "
+            "decoder.lstm.bias_hh_l0 is (128,), needed (48000,) (embed_dim 24, "
+            "hidden_size 12000, num_layers 2,",
+        _edited(state, tmp_path / "layers.pt", {"num_layers": 10**6}):
+            "layers.pt (config): model.num_layers must be in [1, 64]",
+        _edited(state, tmp_path / "three.pt", {"num_layers": 3}):
+            "three.pt: its weights do not fit its config and vocabularies: "
+            "decoder.lstm.bias_hh_l2 is missing, needed (128,)",
+        _edited(state, tmp_path / "words.pt", src_vocab=["w"] * 2_000_000):
+            "words.pt: its weights do not fit its config and vocabularies: "
+            "encoder.embed.weight is (",
+        _deflate_bomb(trained_run / "best.pt", tmp_path / "bomb.pt"):
+            "bomb.pt: its parts declare",
+    }
+    out, rss_mb = run_bounded(f"""
+        from seq2seq.errors import Seq2SeqError
+        from seq2seq.translator import Translator
+        for path in {list(cases)!r}:
+            try:
+                Translator.load(path, device="cpu")
+            except Seq2SeqError as err:
+                print(err)
+            else:
+                print(path, "loaded")
+    """)
+    for line, (path, message) in zip(out.splitlines(), cases.items(), strict=True):
+        assert line.startswith(path.rsplit("/", 1)[0]) and message in line, line
+    assert "needed (2000000, 24)" in out
+    assert rss_mb < 1024
+
+
+@pytest.mark.parametrize("max_len", [-1, 0, "50", True, 2.5])
+def test_a_checkpoint_s_max_len_must_be_a_positive_integer(trained_run, tmp_path, max_len):
+    state = load_checkpoint(trained_run / "best.pt")
+    path = _edited(state, tmp_path / "m.pt", max_len=max_len)
+    with pytest.raises(CheckpointError, match=r"m.pt: max_len must be an integer >= 1, got "):
+        Translator.load(path, device="cpu")

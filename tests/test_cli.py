@@ -76,6 +76,15 @@ def test_train_dry_run_counts_the_paper_model(capsys):
     assert "recurrent" in out and "64,064,000" in out
 
 
+def test_train_dry_run_of_a_huge_model_is_an_error_or_a_count_with_nothing_built(capsys):
+    code, _, err = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run",
+                       "model.hidden_size=1000000000")
+    one_line_error(code, err, "model.hidden_size must be in [1, 16,384], got 1000000000")
+    code, out, _ = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run",
+                       "model.hidden_size=16384", "model.num_layers=64")  # 1 TB if built
+    assert code == 0 and "(274429.1M)" in out
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "missing"])
 def test_translate_bad_checkpoint(capsys, tmp_path, trained_run, damage):
     path = tmp_path / "model.pt"
@@ -333,7 +342,7 @@ def test_every_decoding_verb_loads_the_precision_asked_for(capsys, monkeypatch, 
     if verb == "serve":  # and says so
         from fastapi.testclient import TestClient
 
-        with TestClient(served[0]) as client:
+        with TestClient(served[0], base_url="http://localhost") as client:
             assert client.get("/health").json()["precision"] == expect
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sacrebleu
 
-from seq2seq.errors import ArgumentError, DataError, check_integer
+from seq2seq.errors import ArgumentError, DataError, check_integer, shown
 from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import SPECIALS, Vocabulary
 
@@ -354,6 +354,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             raise DataError(f"{path} line {number}: not JSON ({err.msg})") from None
         if not isinstance(record, dict) or "step" not in record:
             raise DataError(f"{path} line {number}: a metrics record needs a 'step'")
+        for key in ("step", "elapsed_s", "ppl", "valid_ppl", "loss"):
+            if key in record and (isinstance(record[key], bool) or
+                                  not isinstance(record[key], int | float)):
+                raise DataError(f"{path} line {number}: '{key}' must be a number, got "
+                                f"{shown(record[key])}")
         records.append(record)
     if not records:
         raise DataError(f"{path}: no records yet")

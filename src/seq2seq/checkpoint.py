@@ -26,7 +26,11 @@ A *training checkpoint* (`last.pt`) adds what resuming needs:
                            fp32 tensor}; else None (`model` holds the weights themselves)
 
 Both are dicts of tensors and plain values, tagged with `format` and `version`, written
-atomically and read with `torch.load(weights_only=True)`, which unpickles no code.
+atomically and read with `torch.load(weights_only=True)`, which unpickles no code. The
+file is torch's zip archive, its parts stored uncompressed: one whose parts declare more
+bytes than the file holds (a "deflate bomb") is refused before it is read. A model is
+built only once its config has passed the config's checks and its weights' shapes match
+what that config and the vocabularies need (`model.parameter_shapes`).
 Older versions are read as the current one:
     1 -> 2   the data position in `position` = {step, epoch, batch}
     2 -> 3   no `selection`: the best was always by perplexity, with no patience
@@ -42,6 +46,7 @@ import errno
 import math
 import os
 import shutil
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +56,8 @@ import torch
 
 from seq2seq.config import Config, config_from_dict
 from seq2seq.data import DataDir, SourceOrder
-from seq2seq.errors import CheckpointError, ConfigError, DataError
-from seq2seq.model import Seq2Seq
+from seq2seq.errors import CheckpointError, ConfigError, DataError, shown
+from seq2seq.model import Seq2Seq, parameter_shapes
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import Vocabulary
 
@@ -163,7 +168,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        _check_archive(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises many types for a damaged file; all mean the same
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -184,6 +192,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         what = "a training checkpoint" if training else "a model checkpoint"
         raise CheckpointError(f"{path}: lacks {', '.join(missing)} (not {what})")
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """CheckpointError unless the zip archive at `path` declares no more bytes than it
+    holds: torch stores its parts uncompressed, so more means compressed parts that could
+    inflate to any size. zipfile.BadZipFile if it is not a zip archive."""
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(part.file_size for part in archive.infolist())
+    size = path.stat().st_size
+    if declared > size:
+        raise CheckpointError(f"{path}: its parts declare {declared:,} bytes in a file of "
+                              f"{size:,} (compressed: not written by seq2seq); not read")
 
 
 def _upgrade_from_v1(state: dict[str, Any]) -> None:
@@ -230,6 +250,7 @@ def load_bundle(path: str | Path, device: torch.device) -> ModelBundle:
     the file if its weights or tokenizer settings are damaged."""
     state = load_checkpoint(path, map_location=device)
     cfg = config_from_dict(state["config"], where=f"{path} (config)")
+    _check_contents(state, cfg, path)
     try:
         tokenizers = [Tokenizer.from_dict(state["tokenizer"][side]) for side in ("src", "tgt")]
     except (DataError, KeyError, TypeError) as err:
@@ -245,6 +266,40 @@ def load_bundle(path: str | Path, device: torch.device) -> ModelBundle:
         Vocabulary(state["tgt_vocab"]), *tokenizers, state["max_len"], state["step"],
         state["best_valid_ppl"],
     )
+
+
+def _check_contents(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    """CheckpointError naming the file and the key unless the bundle's plain values have
+    their types and ranges and its weights have the shapes that `cfg` and the vocabularies
+    need: checked before a model of that size is built."""
+    for key in ("src_vocab", "tgt_vocab"):
+        words = state[key]
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise CheckpointError(f"{path}: {key} must be a list of strings")
+    for key, low in (("max_len", 1), ("step", 0)):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CheckpointError(f"{path}: {key} must be an integer >= {low}, got "
+                                  f"{shown(value)}")
+    if isinstance(state["best_valid_ppl"], bool) or \
+            not isinstance(state["best_valid_ppl"], int | float):
+        raise CheckpointError(f"{path}: best_valid_ppl must be a number, got "
+                              f"{shown(state['best_valid_ppl'])}")
+    weights = state["model"]
+    if not isinstance(weights, dict) or \
+            not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{path}: its model weights must be a dict of tensors")
+    needed = parameter_shapes(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model)
+    for name in sorted(needed.keys() | weights.keys(), key=shown):
+        have = tuple(weights[name].shape) if name in weights else None
+        if have != needed.get(name):
+            m, name = cfg.model, name if isinstance(name, str) else shown(name)
+            raise CheckpointError(
+                f"{path}: its weights do not fit its config and vocabularies: {name} is "
+                f"{'missing' if have is None else have}, needed {needed.get(name) or 'none'} "
+                f"(embed_dim {m.embed_dim}, hidden_size {m.hidden_size}, num_layers "
+                f"{m.num_layers}, {len(state['src_vocab']):,} + {len(state['tgt_vocab']):,} "
+                "words)")
 
 
 def check_ensemble(bundles: list[ModelBundle], paths: list[str | Path]) -> None:

@@ -206,12 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-beam", type=int, default=64, metavar="K",
                    help="widest beam a request may ask for (default 64)")
     p.add_argument("--max-cost", type=int, default=1_000_000, metavar="N",
-                   help="beam x (2 x source tokens + 10) summed over a request's sentences "
+                   help="beam x (2 x source tokens + 10) summed over a request's sentences; "
+                        "for /score, source + target tokens + 1 summed over the pairs "
                         "(default 1000000)")
     p.add_argument("--max-queue", type=int, default=2048, metavar="N",
                    help="sentences waiting to be translated; beyond, 503 (default 2048)")
     p.add_argument("--max-connections", type=int, default=512, metavar="N",
-                   help="connections open at once; more are closed (default 512)")
+                   help="connections open at once; when full, the one idle longest is "
+                        "closed for a new one (default 512)")
+    p.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
+                   help="Host header names served besides localhost and IP addresses "
+                        "(* = any); others get 400")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a connection may take to send a request head, also when "
                         "idle between requests (default 10)")
@@ -287,14 +292,14 @@ def cmd_train(args) -> None:
 
 def _dry_run(cfg, data: str | None) -> None:
     from seq2seq.data import DataDir
-    from seq2seq.model import Seq2Seq, count_parameters
+    from seq2seq.model import count_parameters, parameter_shapes
 
     if data:
         d = DataDir(data)
         sizes = len(d.src_vocab), len(d.tgt_vocab)
     else:
         sizes = cfg.model.src_vocab, cfg.model.tgt_vocab
-    counts = count_parameters(Seq2Seq(*sizes, cfg.model))
+    counts = count_parameters(parameter_shapes(*sizes, cfg.model))  # nothing allocated
     m = cfg.model
     print(f"model: {m.num_layers} layers x {m.hidden_size} cells, embeddings {m.embed_dim}, "
           f"vocab {sizes[0]:,} src / {sizes[1]:,} tgt, reverse_source={m.reverse_source}")
@@ -385,7 +390,7 @@ def cmd_serve(args) -> None:
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
     guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
                   body_timeout_s=args.body_timeout, max_queued_sentences=args.max_queue,
-                  max_cost=args.max_cost)
+                  max_cost=args.max_cost, allowed_hosts=tuple(args.allowed_hosts))
     serve(args.model, host=args.host, port=args.port, device=args.device,
           precision=args.precision, limits=limits, batching=batching, guard=guard)
 

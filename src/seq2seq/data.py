@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from seq2seq.config import BatchingConfig
-from seq2seq.errors import DataError
+from seq2seq.errors import DataError, shown
 from seq2seq.text import Tokenizer, read_pairs
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
@@ -71,14 +71,21 @@ class DataDir:
                             "`seq2seq prepare` first)") from None
         except (OSError, ValueError) as err:
             raise DataError(f"{meta_path}: unreadable: {err}") from None
-        if self.meta.get("format") != DATA_FORMAT:
+        if not isinstance(self.meta, dict) or self.meta.get("format") != DATA_FORMAT:
             raise DataError(f"{meta_path}: not a seq2seq data directory")
         version = self.meta.get("version")
         if type(version) is not int or version not in DATA_READS:
-            shown = str(version)[:20]
-            raise DataError(f"{meta_path}: data format version {shown}; this seq2seq reads "
-                            f"version {', '.join(map(str, DATA_READS))} (prepare it again "
+            raise DataError(f"{meta_path}: data format version {shown(version)}; this seq2seq "
+                            f"reads version {', '.join(map(str, DATA_READS))} (prepare it again "
                             "with this seq2seq)")
+        tokenizer = self.meta.get("tokenizer")
+        if not isinstance(tokenizer, dict) or \
+                not all(isinstance(tokenizer.get(side), dict) for side in ("src", "tgt")):
+            raise DataError(f"{meta_path}: lacks the tokenizer settings (tokenizer.src and "
+                            "tokenizer.tgt); prepare the data again")
+        max_len = self.meta.get("max_len")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise DataError(f"{meta_path}: max_len must be an integer >= 1")
         self.src_vocab = Vocabulary.load(self.path / "vocab.src")
         self.tgt_vocab = Vocabulary.load(self.path / "vocab.tgt")
         self.max_len: int = self.meta["max_len"]

@@ -27,7 +27,7 @@ from seq2seq.device import (
     quantize_int8,
     resolve_device,
 )
-from seq2seq.errors import ArgumentError
+from seq2seq.errors import ArgumentError, check_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import (
     Ensemble,
@@ -104,20 +104,25 @@ class Translator:
     # ------------------------------------------------------------------ text <-> ids
 
     def source_ids(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
-        """Tokenized, id-mapped sources, cut to the model's max length (with a warning that
-        numbers the input lines from `first_line`)."""
-        out = []
-        for number, line in enumerate(sentences, start=first_line):
-            ids = self.src_vocab.encode(self.src_tokenizer.tokenize(line))
-            if len(ids) > self.max_len:
-                log.warning(f"input line {number}: {len(ids)} tokens, truncated to the "
-                            f"model's limit of {self.max_len}")
-                ids = ids[:self.max_len]
-            out.append(ids)
-        return out
+        """Tokenized, id-mapped sources, cut to the model's max length (with one warning per
+        call that numbers the input lines from `first_line`)."""
+        ids = [self.src_vocab.encode(self.src_tokenizer.tokenize(s)) for s in sentences]
+        return self._cut(ids, "input", first_line)
 
-    def target_ids(self, sentences: Sequence[str]) -> list[list[int]]:
-        return [self.tgt_vocab.encode(self.tgt_tokenizer.tokenize(s)) for s in sentences]
+    def target_ids(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
+        """Tokenized, id-mapped targets, cut to the model's max length as sources are."""
+        ids = [self.tgt_vocab.encode(self.tgt_tokenizer.tokenize(s)) for s in sentences]
+        return self._cut(ids, "target", first_line)
+
+    def _cut(self, ids: list[list[int]], what: str, first_line: int) -> list[list[int]]:
+        """`ids` cut to `max_len` tokens (the longest the model was trained on; it bounds
+        the work per sentence), with one warning for all the lines cut."""
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_len]
+        if long:
+            more = f" ({len(long) - 1} more {what} lines cut too)" if len(long) > 1 else ""
+            log.warning(f"{what} line {first_line + long[0]}: {len(ids[long[0]])} tokens, "
+                        f"truncated to the model's limit of {self.max_len}{more}")
+        return [x[:self.max_len] for x in ids]
 
     def detokenize(self, ids: list[int]) -> str:
         return self.tgt_tokenizer.detokenize(self.tgt_vocab.decode(ids))
@@ -214,7 +219,7 @@ class Translator:
 
 def _sentences(value, name: str) -> list[str]:
     """The strings of `value`, any iterable of strings (a list, a generator, a NumPy array of
-    str); one string is refused, not split into characters."""
+    str); one string is refused, not split into characters, and a lone surrogate too."""
     if isinstance(value, str | bytes):
         raise ArgumentError(f"{name} must be a list of strings, not one string "
                             f"(wrap it: [{value[:20]!r}])")
@@ -224,6 +229,7 @@ def _sentences(value, name: str) -> list[str]:
         raise ArgumentError(f"{name} must be a list of strings") from None
     if not all(isinstance(x, str) for x in sentences):
         raise ArgumentError(f"{name} must be a list of strings")
+    check_text(name, sentences)
     return sentences
 
 
