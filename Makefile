@@ -50,11 +50,11 @@ paper-quick: $(STAMP)
 # Speed on the peers' benchmark configuration (bench/RESULTS.md): ours alone, then
 # side by side with OpenNMT-py (installed into bench/.peers/ on first use; ~45 min).
 bench: $(STAMP)
-	$(BIN)/python bench/train_speed.py
-	$(BIN)/python bench/peers.py
+	$(BIN)/python -m bench.train_speed
+	$(BIN)/python -m bench.peers
 
 bench-peers: $(STAMP)
-	$(BIN)/python bench/peers.py
+	$(BIN)/python -m bench.peers
 
 test: $(STAMP)
 	$(BIN)/pytest -q

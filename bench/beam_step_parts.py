@@ -10,7 +10,7 @@ At `--rows` decoder rows (768 = beam 12 x 64 sentences) of the benchmark model's
   and of k + 1 words per row (what beam search took before and takes now), and a
   two-stage top-k (the best 128-word blocks by their maxima, then the words in them).
 
-    .venv/bin/python bench/beam_step_parts.py --threads 1
+    .venv/bin/python -m bench.beam_step_parts --threads 1
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_CONFIG, median_ms  # noqa: E402
+from bench.common import BENCH_CONFIG, median_ms
 
 
 def block_topk(x: torch.Tensor, k: int, block: int = 128):

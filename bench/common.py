@@ -26,7 +26,6 @@ per second divided by that ceiling's FLOPs per second.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -80,13 +79,9 @@ def proc_kb(pid: int, file: str, field: str) -> int:
         return 0
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_child(argv: list[str]) -> dict:
-    """Run `python argv...` in a fresh process; its last stdout line is a JSON record."""
+    """Run `python argv...` in a fresh process in this one's directory (so a benchmark runs
+    as `-m bench.NAME`, like its parent); its last stdout line is a JSON record."""
     proc = subprocess.run([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed ({proc.returncode}): {' '.join(argv)}")
@@ -199,8 +194,8 @@ def ceiling_of_runs(precision: str, runs: list[dict], data: Path = BENCH_DATA,
     steps = sum(r["steps"] for r in runs)
     src = sum(r["src_tokens"] for r in runs) / steps
     tgt = sum(r["tgt_tokens"] for r in runs) / steps
-    ceil = run_child([str(ROOT / "bench" / "train_speed.py"), "--data", str(data), "--config",
-                      str(config), "--child", "ceiling", "--precision", precision,
+    ceil = run_child(["-m", "bench.train_speed", "--data", str(data), "--config", str(config),
+                      "--child", "ceiling", "--precision", precision,
                       "--per-step", str(src), str(tgt)])
     tok_s = median([r["tgt_tok_s"] for r in runs])
     return {**ceil, "mfu": round(tok_s / ceil["ceiling_tgt_tok_s"], 3)}
@@ -211,7 +206,7 @@ def best_ceiling(ceilings: list[dict], runs: list[dict]) -> dict:
     in the same conditions as its round's training), and the MFU of the median throughput
     of `runs` against it. Each shape counts at the best rate it reached in any round: a
     burst of the machine's noise slows many shapes of one measurement by up to half
-    (`bench/RESULTS.md`, run 5), which would lower the ceiling and flatter the MFU."""
+    (`bench/LOG.md`, run 5), which would lower the ceiling and flatter the MFU."""
     gflop = ceilings[0]["gflop_per_step"]
     if any(c["gflop_per_step"] != gflop for c in ceilings):
         raise ValueError("the rounds' ceilings are of different steps (matmul shapes or "

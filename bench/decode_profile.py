@@ -7,18 +7,15 @@ added: decoding can go at most 1 / share times as fast without faster products, 
 little the rest costs (in fp32 and bf16 the LSTM's gate arithmetic is inside oneDNN's
 kernel and counts as products; in int8 it does not).
 
-    .venv/bin/python bench/decode_profile.py --model M --precision int8 --beam 12
+    .venv/bin/python -m bench.decode_profile --model M --precision int8 --beam 12
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS  # noqa: E402
+from bench.common import CORPUS
 
 # The operators that run the model's matrix products, by their own time (not their
 # callers'): float32 / bf16 GEMMs; oneDNN's LSTM layer (its gate arithmetic is inside the

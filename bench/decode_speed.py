@@ -6,20 +6,18 @@ sentences/s, target tokens/s (output tokens with </s>, after the model's tokeniz
 the detokenized sacreBLEU against the references, so that speed never silently costs
 quality. Timing covers tokenization, search and detokenization, not loading the model.
 
-    .venv/bin/python bench/decode_speed.py --model runs/bench/best.pt
-    .venv/bin/python bench/decode_speed.py --model M --beams 12 --precision bf16 --repeats 3
+    .venv/bin/python -m bench.decode_speed --model runs/bench/best.pt
+    .venv/bin/python -m bench.decode_speed --model M --beams 12 --precision bf16 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS, median, peak_rss_mb, run_child  # noqa: E402
+from bench.common import CORPUS, median, run_child
 
 
 def measure(model: str, beam: int, batch_size: int, n: int, precision: str, threads: int,
@@ -27,7 +25,7 @@ def measure(model: str, beam: int, batch_size: int, n: int, precision: str, thre
     import torch
     from sacrebleu.metrics import BLEU
 
-    from seq2seq.device import setup_process
+    from seq2seq.device import peak_rss_mb, setup_process
     from seq2seq.text import read_lines
     from seq2seq.translator import Translator
 
@@ -74,8 +72,9 @@ def main() -> None:
     runs: dict[int, list[dict]] = {b: [] for b in args.beams}
     for _ in range(args.repeats):
         for beam in args.beams:
-            argv = [__file__, "--child", "--model", args.model, "--beams", str(beam),
-                    "--batch-size", str(args.batch_size), "--sentences", str(args.sentences),
+            argv = ["-m", "bench.decode_speed", "--child", "--model", args.model,
+                    "--beams", str(beam), "--batch-size", str(args.batch_size),
+                    "--sentences", str(args.sentences),
                     "--precision", args.precision, "--threads", str(args.threads)]
             if args.out_dir:
                 argv += ["--out-dir", str(args.out_dir)]

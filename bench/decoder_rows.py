@@ -6,19 +6,16 @@ Counts the rows of every decoder step (`Ensemble.advance`) while translating the
 A row-step costs the same at every step (one LSTM step and one output layer row), so
 the ratio of two counts bounds the speed-up between two versions of the search.
 
-    .venv/bin/python bench/decoder_rows.py --model M --beams 1 5 12
-    PYTHONPATH=OTHER_TREE/src .venv/bin/python bench/decoder_rows.py --model M
+    .venv/bin/python -m bench.decoder_rows --model M --beams 1 5 12
+    PYTHONPATH=OTHER_TREE/src .venv/bin/python -m bench.decoder_rows --model M
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS  # noqa: E402
+from bench.common import CORPUS
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ Weights: a checkpoint (`--model`) or the benchmark shapes at random (speed does 
 on the values). Each way's outputs are checked against torch fp32. ONNX Runtime is not a
 dependency of seq2seq; this script needs `pip install onnxruntime onnx`.
 
-    .venv/bin/python bench/int8_engines.py --threads 2 --repeats 30
+    .venv/bin/python -m bench.int8_engines --threads 2 --repeats 30
 """
 
 from __future__ import annotations
@@ -25,15 +25,13 @@ import argparse
 import copy
 import functools
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_CONFIG, median_ms  # noqa: E402
+from bench.common import BENCH_CONFIG, median_ms
 
 
 class DecoderStep(nn.Module):

@@ -6,7 +6,7 @@ end, the command's exit status and a summary: RSS at the first sample after `--s
 seconds, at the end, its peak, and the growth per hour over the run after `--settle`
 (a least-squares slope), which reads ~0 for a flat run.
 
-    .venv/bin/python bench/memory_over_time.py --every 10 --out bench/.work/mem.jsonl -- \
+    .venv/bin/python -m bench.memory_over_time --every 10 --out bench/.work/mem.jsonl -- \
         .venv/bin/seq2seq train configs/hansard-cpu.yaml --data DATA --out RUN
 """
 
@@ -19,8 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import proc_kb, process_tree  # noqa: E402
+from bench.common import proc_kb, process_tree
 
 
 def slope_per_hour(points: list[tuple[float, float]]) -> float:

@@ -12,7 +12,7 @@ throughput and peak memory; `run_onmt_translate` decodes the test sources with o
 size and reports speed, peak memory and detokenized sacreBLEU. Each run is a fresh
 `onmt_train` / `onmt_translate` process with 2 threads.
 
-    .venv/bin/python bench/peers.py --onmt-smoke     # a few seconds of each, not a benchmark
+    .venv/bin/python -m bench.peers --onmt-smoke     # a few seconds of each, not a benchmark
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH_CONFIG,
     BENCH_DATA,
     CORPUS,
@@ -363,7 +362,7 @@ def run_onmt_translate(model: str | Path, beam: int, *, sentences: int = TEST_SE
 
 def run_ours_train(steps: int, precision: str, *, warmup: int = 20) -> dict:
     """Our steady-state training throughput (bench/train_speed.py, a fresh process)."""
-    return run_child([str(BENCH / "train_speed.py"), "--child", "train", "--precision",
+    return run_child(["-m", "bench.train_speed", "--child", "train", "--precision",
                       precision, "--steps", str(steps - warmup), "--warmup", str(warmup)])
 
 
@@ -383,7 +382,7 @@ def train_ours_model(steps: int, precision: str) -> Path:
 
 def run_ours_translate(model: Path, beam: int, precision: str) -> dict:
     """Our decoding speed and BLEU (bench/decode_speed.py, a fresh process)."""
-    return run_child([str(BENCH / "decode_speed.py"), "--child", "--model", str(model),
+    return run_child(["-m", "bench.decode_speed", "--child", "--model", str(model),
                       "--beams", str(beam), "--precision", precision,
                       "--sentences", str(TEST_SENTENCES), "--batch-size", "64"])
 

@@ -7,8 +7,8 @@ reports the wall time, pairs/s and the peak RSS of the largest process of the ru
 child's ru_maxrss from os.wait4, which covers the pool workers it reaped).
 Memory that stays flat from 200k to 2M pairs is what streaming promises.
 
-    .venv/bin/python bench/prepare_speed.py                       # 200k and 2M, workers 1, 2
-    .venv/bin/python bench/prepare_speed.py --pairs 200000 --workers 2
+    .venv/bin/python -m bench.prepare_speed                       # 200k and 2M, workers 1, 2
+    .venv/bin/python -m bench.prepare_speed --pairs 200000 --workers 2
 """
 
 from __future__ import annotations

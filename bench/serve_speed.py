@@ -1,8 +1,8 @@
 """How fast is `seq2seq serve`? Sentences/s and latency at 1, 8 and 32 concurrent clients,
 with dynamic batching on and off, in each precision asked for (`serve --precision`).
 
-    .venv/bin/python bench/serve_speed.py --model runs/tatoeba-cpu/best.pt --write bench/SERVE.md
-    .venv/bin/python bench/serve_speed.py --model M --precisions int8 bf16 --batching on \
+    .venv/bin/python -m bench.serve_speed --model runs/tatoeba-cpu/best.pt --write bench/SERVE.md
+    .venv/bin/python -m bench.serve_speed --model M --precisions int8 bf16 --batching on \
         --clients 8 32
 
 For each mode the server runs as its own process (`seq2seq serve`, loopback only, a free
@@ -183,7 +183,7 @@ def main() -> None:
     results = [r for precision in args.precisions for batching in args.batching
                for r in run_mode(args, batching == "on", sentences, precision)]
     if args.write:
-        command = shlex.join([".venv/bin/python", "bench/serve_speed.py", *sys.argv[1:]])
+        command = shlex.join([".venv/bin/python", "-m", "bench.serve_speed", *sys.argv[1:]])
         write_report(Path(args.write), args, results, command)
 
 

@@ -11,8 +11,8 @@ LSTM forward, the output layer with its loss and gradients (`chunked_loss`), `ba
 ends with the step's statistics. Collating the batch is not timed. Prints the median of
 each phase (ms) and of the step.
 
-    .venv/bin/python bench/step_phases.py                    # bf16, 150 updates
-    .venv/bin/python bench/step_phases.py --precision fp32 --steps 100
+    .venv/bin/python -m bench.step_phases                    # bf16, 150 updates
+    .venv/bin/python -m bench.step_phases --precision fp32 --steps 100
 """
 
 from __future__ import annotations
@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_CONFIG, BENCH_DATA, prepare_bench_data  # noqa: E402
+from bench.common import BENCH_CONFIG, BENCH_DATA, prepare_bench_data
 
 PHASES = ("to_device", "encoder", "decoder_lstm", "output_loss", "backward", "clip", "update")
 

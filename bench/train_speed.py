@@ -9,8 +9,8 @@ is measured after each run (see `bench/common.py` for the FLOP formula and the c
 and MFU is the median throughput against the best ceiling of the precision trained in
 (each shape at its best rate of the rounds: `best_ceiling` in `bench/common.py`).
 
-    .venv/bin/python bench/train_speed.py                       # fp32 and bf16, 3 repeats
-    .venv/bin/python bench/train_speed.py --precision bf16 --repeats 1 --steps 100
+    .venv/bin/python -m bench.train_speed                       # fp32 and bf16, 3 repeats
+    .venv/bin/python -m bench.train_speed --precision bf16 --repeats 1 --steps 100
 
 `--config` and `--data` measure another configuration the same way, e.g. the demo's
 (`make demo` prepares work/tatoeba-data); its MFU is then against that model's shapes.
@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     BENCH_CONFIG,
     BENCH_DATA,
     Shape,
@@ -35,7 +33,6 @@ from common import (  # noqa: E402
     ceiling_of_runs,
     matmul_ceiling,
     median,
-    peak_rss_mb,
     prepare_bench_data,
     run_child,
 )
@@ -49,7 +46,7 @@ def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list
     import tempfile
 
     from seq2seq.config import load_config
-    from seq2seq.device import resolve_device, setup_process
+    from seq2seq.device import peak_rss_mb, resolve_device, setup_process
     from seq2seq.train import Trainer
 
     cfg = load_config(config, [f"train.precision={precision}", *overrides])
@@ -119,7 +116,7 @@ def main() -> None:
 
     if args.data == BENCH_DATA:
         prepare_bench_data(args.data)
-    me = [__file__, "--data", str(args.data), "--config", str(args.config),
+    me = ["-m", "bench.train_speed", "--data", str(args.data), "--config", str(args.config),
           "--steps", str(args.steps), "--warmup", str(args.warmup), *args.overrides]
     runs: dict[str, list[dict]] = {p: [] for p in args.precision}
     ceilings: dict[str, list[dict]] = {p: [] for p in args.precision}

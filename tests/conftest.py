@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -107,3 +110,24 @@ def running(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) 
         server.should_exit = True
         thread.join(timeout)
         sock.close()
+
+
+BOUNDED_MB = 2048  # the address space of `run_bounded`'s child: ~0.7 GB is torch's own
+
+
+def run_bounded(code: str, memory_mb: int = BOUNDED_MB, timeout: float = 120
+                ) -> tuple[str, int]:
+    """Run the Python `code` in a child process whose address space is capped at
+    `memory_mb` (RLIMIT_AS), so that a regression that allocates gigabytes fails with a
+    MemoryError instead of exhausting the machine. Its stdout, and its peak RSS in MB."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+
+    peak = "\nimport resource\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)"
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code) + peak],
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=cap)
+    assert done.returncode == 0, done.stderr[-3000:]
+    *out, rss = done.stdout.splitlines()
+    return "\n".join(out), int(rss)

@@ -263,8 +263,8 @@ def test_plot_curves_draws_runs_and_reports_their_validation(capsys, tmp_path, t
     other = tmp_path / "other"
     other.mkdir()
     lines = [{"step": 10, "loss": 5.0, "ppl": 148.4, "elapsed_s": 3.0},
-             {"step": 20, "valid_ppl": 90.0, "elapsed_s": 6.5},
-             {"step": 40, "valid_ppl": 70.0, "elapsed_s": 12.0}]
+             {"step": 20, "valid_ppl": 90.0, "valid_bleu": 1.5, "elapsed_s": 6.5},
+             {"step": 40, "valid_ppl": 70.0, "valid_bleu": 2.5, "elapsed_s": 12.0}]
     (other / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
     code = main(["plot", "curves", str(trained_run), str(other), "--out", str(tmp_path / "c")])
     assert code == 0
@@ -291,3 +291,11 @@ def test_plot_curves_errors_name_the_run(capsys, tmp_path):
     assert "needs at least one RUN_DIR" in capsys.readouterr().err
     assert main(["plot", "length", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
     assert "takes no RUN_DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", ['{"step": "10", "ppl": 3.0}', '{"step": 10, "ppl": [1]}',
+                                  '{"step": true}'])
+def test_plot_curves_refuses_a_record_with_a_wrong_typed_number(capsys, tmp_path, line):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "ppl": 9.0}\n' + line + "\n")
+    assert main(["plot", "curves", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "metrics.jsonl line 2: '" in capsys.readouterr().err

@@ -1,13 +1,17 @@
+import copy
+import math
 import subprocess
+import zipfile
 
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_bounded, tiny_config
 from seq2seq.checkpoint import (
     BUNDLE_KEYS,
     FORMAT,
     TRAINING_KEYS,
+    average_checkpoints,
     check_ensemble,
     check_resumable,
     load_bundle,
@@ -178,7 +182,8 @@ def test_a_model_bundle_round_trips(data_dir, tmp_path):
     for name, weight in model.state_dict().items():
         assert torch.equal(b.model.state_dict()[name], weight), name
     with pytest.raises(CheckpointError, match="b.pt: lacks optimizer, scaler, data_stream, "
-                                              r"rng, elapsed \(not a training checkpoint\)"):
+                                              r"rng, elapsed, selection, ema \(not a "
+                                              r"training checkpoint\)"):
         load_checkpoint(tmp_path / "b.pt", training=True)
 
 
@@ -194,7 +199,7 @@ def test_an_unknown_version_is_refused_naming_the_file(trained_run, tmp_path):
     state = load_checkpoint(trained_run / "best.pt")
     torch.save({**state, "version": 99}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match=r"future.pt: checkpoint version 99 \(this "
-                                              r"seq2seq reads versions 1, 2\)"):
+                                              r"seq2seq reads versions 1, 2, 3\)"):
         load_checkpoint(tmp_path / "future.pt")
 
 
@@ -224,7 +229,8 @@ def test_resume_check_names_the_changed_key_and_allows_resumable_ones(trained_ru
         check_resumable(state, saved, data, path)
 
 
-def test_version_1_checkpoints_still_translate_and_resume_exactly(data_dir, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_checkpoints_still_translate_and_resume_exactly(data_dir, tmp_path, version):
     def run(steps, out):
         cfg = tiny_config(optim={"max_steps": steps}, model={"dropout": 0.1},
                           train={"valid_every": 4})
@@ -232,16 +238,130 @@ def test_version_1_checkpoints_still_translate_and_resume_exactly(data_dir, tmp_
 
     run(8, tmp_path / "whole")
     run(4, tmp_path / "old")
-    for name in ("last.pt", "best.pt"):  # as version 1 wrote them
+    for name in ("last.pt", "best.pt"):  # as that version wrote them
         state = load_checkpoint(tmp_path / "old" / name)
         if "data_stream" in state:
+            del state["selection"], state["ema"]
+        if "data_stream" in state and version == 1:
             state["position"] = {"step": state["step"], **state.pop("data_stream")}
             del state["elapsed"]  # absent before 2026-12
-        torch.save({**state, "format": FORMAT, "version": 1}, tmp_path / "old" / name)
+        torch.save({**state, "format": FORMAT, "version": version}, tmp_path / "old" / name)
     Translator.load(tmp_path / "old" / "best.pt", device="cpu")
     run(8, tmp_path / "old")
     whole, resumed = (load_checkpoint(tmp_path / d / "last.pt") for d in ("whole", "old"))
-    assert resumed["version"] == 2 and resumed["step"] == 8
+    assert resumed["version"] == 3 and resumed["step"] == 8
     for name, weight in whole["model"].items():
         assert torch.equal(resumed["model"][name], weight), name
 
+
+
+def _with_weights(path, out, change):
+    """A copy of the checkpoint `path` at `out`, its state passed through `change`."""
+    state = load_checkpoint(path)
+    change(state)
+    save_checkpoint(state, out)
+    return out
+
+
+def test_averaging_two_checkpoints_gives_their_exact_mean(trained_run, tmp_path):
+    first = trained_run / "best.pt"
+    second = _with_weights(first, tmp_path / "b.pt", lambda s: s["model"].update(
+        {k: torch.randn_like(w) for k, w in s["model"].items()}))
+    mean = average_checkpoints([first, second])
+    a, b = load_checkpoint(first)["model"], load_checkpoint(second)["model"]
+    for name, w in mean["model"].items():
+        exact = ((a[name].double() + b[name].double()) / 2).float()
+        assert w.dtype == a[name].dtype and torch.equal(w, exact), name
+    save_checkpoint(mean, tmp_path / "mean.pt")
+    bundle = load_bundle(tmp_path / "mean.pt", CPU)  # a normal model bundle
+    assert bundle.step == load_checkpoint(first)["step"] and math.isnan(bundle.best_valid_ppl)
+    assert average_checkpoints([first, first])["model"]["encoder.embed.weight"].equal(
+        a["encoder.embed.weight"])
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda s: s["tgt_vocab"].reverse(), "its tgt vocab differs"),
+    (lambda s: s["tokenizer"]["src"].update(lowercase=True), "its tokenizer differs"),
+    (lambda s: s["config"]["model"].update(reverse_source="none"),
+     r"its source reversal \(model.reverse_source\) differs"),
+    (lambda s: s["model"].update({"encoder.embed.weight": torch.zeros(3, 3)}),
+     "its weight names or shapes differ"),
+    (lambda s: s["model"].pop("encoder.embed.weight"), "its weight names or shapes differ"),
+])
+def test_averaging_refuses_checkpoints_of_different_models(trained_run, tmp_path, change,
+                                                           what):
+    other = _with_weights(trained_run / "best.pt", tmp_path / "other.pt", change)
+    with pytest.raises(CheckpointError, match=rf"other.pt: {what}.* from .*best.pt's; only "
+                                              "checkpoints of the same model average"):
+        average_checkpoints([trained_run / "best.pt", other])
+
+
+def _edited(state: dict, path, model: dict | None = None, **top) -> str:
+    """`state` with some model config keys and top-level keys changed, saved at `path`."""
+    edited = copy.deepcopy(state)
+    edited["config"]["model"].update(model or {})
+    edited.update(top)
+    save_checkpoint(edited, path)
+    return str(path)
+
+
+def _deflate_bomb(good, path) -> str:
+    """`good`'s archive, compressed, plus a part that inflates to 200 MB (file: ~0.2 MB)."""
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for part in src.infolist():
+            out.writestr(part.filename, src.read(part))
+        out.writestr("archive/data/bomb", bytes(200 << 20))
+    return str(path)
+
+
+def test_a_checkpoint_is_checked_before_its_model_is_built(trained_run, tmp_path):
+    """Edited checkpoints: sizes out of the config's ranges, sizes in range that do not fit
+    the weights (12,000 would be 9 GB of LSTM), 2M words for a 2,000-row embedding, a
+    deflate bomb: each a one-line error naming the file, in a child capped at 2 GB of
+    address space whose peak RSS stays under 1 GB."""
+    state = load_checkpoint(trained_run / "best.pt")
+    for key in ("format", "version"):
+        state.pop(key)
+    cases = {
+        _edited(state, tmp_path / "h1e9.pt", {"hidden_size": 10**9}):
+            "h1e9.pt (config): model.hidden_size must be in [1, 16,384]",
+        _edited(state, tmp_path / "h40k.pt", {"hidden_size": 40_000}):
+            "h40k.pt (config): model.hidden_size must be in [1, 16,384]",
+        _edited(state, tmp_path / "h12k.pt", {"hidden_size": 12_000}):
+            "h12k.pt: its weights do not fit its config and vocabularies: "
+            "decoder.lstm.bias_hh_l0 is (128,), needed (48000,) (embed_dim 24, "
+            "hidden_size 12000, num_layers 2,",
+        _edited(state, tmp_path / "layers.pt", {"num_layers": 10**6}):
+            "layers.pt (config): model.num_layers must be in [1, 64]",
+        _edited(state, tmp_path / "three.pt", {"num_layers": 3}):
+            "three.pt: its weights do not fit its config and vocabularies: "
+            "decoder.lstm.bias_hh_l2 is missing, needed (128,)",
+        _edited(state, tmp_path / "words.pt", src_vocab=["w"] * 2_000_000):
+            "words.pt: its weights do not fit its config and vocabularies: "
+            "encoder.embed.weight is (",
+        _deflate_bomb(trained_run / "best.pt", tmp_path / "bomb.pt"):
+            "bomb.pt: its parts declare",
+    }
+    out, rss_mb = run_bounded(f"""
+        from seq2seq.errors import Seq2SeqError
+        from seq2seq.translator import Translator
+        for path in {list(cases)!r}:
+            try:
+                Translator.load(path, device="cpu")
+            except Seq2SeqError as err:
+                print(err)
+            else:
+                print(path, "loaded")
+    """)
+    for line, (path, message) in zip(out.splitlines(), cases.items(), strict=True):
+        assert line.startswith(path.rsplit("/", 1)[0]) and message in line, line
+    assert "needed (2000000, 24)" in out
+    assert rss_mb < 1024
+
+
+@pytest.mark.parametrize("max_len", [-1, 0, "50", True, 2.5])
+def test_a_checkpoint_s_max_len_must_be_a_positive_integer(trained_run, tmp_path, max_len):
+    state = load_checkpoint(trained_run / "best.pt")
+    path = _edited(state, tmp_path / "m.pt", max_len=max_len)
+    with pytest.raises(CheckpointError, match=r"m.pt: max_len must be an integer >= 1, got "):
+        Translator.load(path, device="cpu")

@@ -79,6 +79,15 @@ def test_train_dry_run_counts_the_paper_model(capsys):
     assert "recurrent" in out and "64,064,000" in out
 
 
+def test_train_dry_run_of_a_huge_model_is_an_error_or_a_count_with_nothing_built(capsys):
+    code, _, err = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run",
+                       "model.hidden_size=1000000000")
+    one_line_error(code, err, "model.hidden_size must be in [1, 16,384], got 1000000000")
+    code, out, _ = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run",
+                       "model.hidden_size=16384", "model.num_layers=64")  # 1 TB if built
+    assert code == 0 and "(274429.1M)" in out
+
+
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "missing"])
 def test_translate_bad_checkpoint(capsys, tmp_path, trained_run, damage):
     path = tmp_path / "model.pt"
@@ -470,7 +479,7 @@ def test_every_decoding_verb_loads_the_precision_asked_for(capsys, monkeypatch, 
     if verb == "serve":  # and says so
         from fastapi.testclient import TestClient
 
-        with TestClient(served[0]) as client:
+        with TestClient(served[0], base_url="http://localhost") as client:
             assert client.get("/health").json()["precision"] == expect
 
 
@@ -478,3 +487,64 @@ def test_int8_for_training_is_a_one_line_error(capsys, tmp_path, data_dir):
     code, _, err = run(capsys, "train", "configs/tatoeba-cpu.yaml", "--data", data_dir,
                        "--out", tmp_path / "run", "train.precision=int8")
     one_line_error(code, err, "train.precision", "int8")
+
+
+@pytest.mark.parametrize("verb", ["translate", "score", "evaluate", "rescore", "prepare"])
+def test_progress_goes_to_stderr_only(capsys, tmp_path, corpus, trained_run, verb):
+    src = tmp_path / "src.en"
+    src.write_text("".join(corpus["valid_src"].read_text().splitlines(True)[:5]))
+    nbest = tmp_path / "nbest"
+    nbest.write_text("0 ||| le chat ||| -1.0\n1 ||| il ||| -2.0\n")
+    model = ["--model", trained_run / "best.pt"]
+    argv, unit = {
+        "translate": (["translate", *model, "--input", src, "--beam", 2], "sentences"),
+        "score": (["score", *model, "--src", src, "--tgt", src], "pairs"),
+        "evaluate": (["evaluate", *model, "--src", src, "--ref", src, "--json"], "sentences"),
+        "rescore": (["rescore", *model, "--src", src, "--nbest", nbest], "hypotheses"),
+        "prepare": (prepare_args(src, src, tmp_path / "data") + ["--force"], "pairs"),
+    }[verb]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text("{}")  # an earlier data dir, replaced
+    outputs = {}
+    for flag in ("--progress", "--no-progress", None):
+        code, out, err = run(capsys, *argv, *([flag] if flag else []))
+        assert code == 0, err
+        if verb == "evaluate":  # its timings differ from run to run
+            out = {k: v for k, v in json.loads(out).items() if "second" not in k}
+        outputs[flag] = out
+        assert (f"{unit}/s]" in err) == (flag == "--progress"), err
+    assert outputs["--progress"] == outputs["--no-progress"] == outputs[None]
+
+
+def test_average_writes_a_checkpoint_translate_loads_and_refuses_other_models(
+        capsys, tmp_path, trained_run):
+    import torch
+
+    from seq2seq.checkpoint import load_checkpoint, save_checkpoint
+
+    best, last = trained_run / "best.pt", trained_run / "last.pt"
+    code, out, err = run(capsys, "average", "--model", best, "--model", last, "--out",
+                         tmp_path / "mean.pt")
+    assert code == 0 and "mean.pt: the mean of" in out, err
+    code, out, _ = run(capsys, "translate", "--model", tmp_path / "mean.pt", "--beam", 1,
+                       "--input", trained_run / "config.yaml")
+    assert code == 0 and out
+    state = load_checkpoint(best)
+    state["src_vocab"] = state["src_vocab"][::-1]
+    save_checkpoint(state, tmp_path / "other.pt")
+    code, _, err = run(capsys, "average", "--model", best, "--model", tmp_path / "other.pt",
+                       "--out", tmp_path / "bad.pt")
+    one_line_error(code, err, "other.pt: its src vocab differs from", "best.pt's")
+    assert not (tmp_path / "bad.pt").exists()
+    code, _, err = run(capsys, "average", "--last", 2, trained_run, "--out", tmp_path / "x.pt")
+    one_line_error(code, err, "0 numbered checkpoints (step-N.pt), fewer than 2",
+                   "train.keep_last")
+    code, _, err = run(capsys, "average", "--last", "two", trained_run, "--out", tmp_path / "x")
+    one_line_error(code, err, "--last N RUN_DIR: N must be a whole number >= 1, got 'two'")
+    code, _, err = run(capsys, "average", "--model", best, "--out", tmp_path / "x.pt")
+    one_line_error(code, err, "average needs two checkpoints or more")
+    before = best.read_bytes()
+    code, _, err = run(capsys, "average", "--model", best, "--model", last, "--out", best)
+    one_line_error(code, err, f"--out {best} is the same file as --model {best}")
+    assert best.read_bytes() == before
+    assert torch.is_tensor(load_checkpoint(tmp_path / "mean.pt")["model"]["encoder.embed.weight"])

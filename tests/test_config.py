@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_bounded
 from seq2seq.config import load_config
 from seq2seq.errors import ConfigError
 
@@ -85,9 +86,14 @@ def test_bad_override_and_missing_file(tmp_path):
     ("optim.decay_factor=1.5", "optim.decay_factor must be in (0.0, 1.0], got 1.5"),
     ("optim.max_steps=0", "optim.max_steps must be >= 1, got 0"),
     ("optim.label_smoothing=1", "optim.label_smoothing must be in [0.0, 1.0)"),
-    ("model.hidden_size=0", "model.hidden_size must be >= 1, got 0"),
-    ("model.embed_dim=0", "model.embed_dim must be >= 1"),
-    ("model.num_layers=0", "model.num_layers must be >= 1, got 0"),
+    ("model.hidden_size=0", "model.hidden_size must be in [1, 16,384], got 0"),
+    ("model.hidden_size=1000000000", "model.hidden_size must be in [1, 16,384]"),
+    ("model.embed_dim=0", "model.embed_dim must be in [1, 16,384]"),
+    ("model.embed_dim=40000", "model.embed_dim must be in [1, 16,384]"),
+    ("model.num_layers=0", "model.num_layers must be in [1, 64], got 0"),
+    ("model.num_layers=1000000", "model.num_layers must be in [1, 64]"),
+    ("model.src_vocab=5000000", "model.src_vocab must be in [1, 1,000,000]"),
+    ("model.tgt_vocab=0", "model.tgt_vocab must be in [1, 1,000,000]"),
     ("model.dropout=2.0", "model.dropout must be in [0.0, 1.0), got 2.0"),
     ("model.init_range=-0.1", "model.init_range must be >= 0.0"),
     ("batching.batch_size=0", "batching.batch_size must be >= 1, got 0"),
@@ -99,6 +105,12 @@ def test_bad_override_and_missing_file(tmp_path):
     ("train.threads=0", "train.threads must be >= 1"),
     ("train.loss_chunk=0", "train.loss_chunk must be >= 1, got 0"),
     ("train.trim_every=-1", "train.trim_every must be >= 0"),
+    ("train.valid_bleu_sentences=0", "train.valid_bleu_sentences must be >= 1, got 0"),
+    ("train.valid_beam=0", "train.valid_beam must be >= 1, got 0"),
+    ("train.patience=-1", "train.patience must be >= 0, got -1"),
+    ("train.keep_last=-1", "train.keep_last must be >= 0, got -1"),
+    ("train.keep_best=-1", "train.keep_best must be >= 0, got -1"),
+    ("train.ema=1", "train.ema must be in [0.0, 1.0), got 1.0"),
 ])
 def test_every_numeric_key_has_a_range(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -119,3 +131,56 @@ def test_floats_written_without_a_dot_are_floats(tmp_path):
 def test_config_path_that_is_a_folder(tmp_path):
     with pytest.raises(ConfigError, match="is a directory, not a config file"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.valid_metrics=[ppl, rouge]"], "train.valid_metrics must be one of ppl, bleu, "
+                                           "got 'rouge'"),
+    (["train.valid_metrics=bleu"], "train.valid_metrics must be a list, got 'bleu'"),
+    (["train.valid_metrics=[]"], "train.valid_metrics must name ppl and/or bleu once each"),
+    (["train.valid_metrics=[bleu, bleu]"], "must name ppl and/or bleu once each"),
+    (["train.best_metric=bleu"], "train.best_metric=bleu must be one of train.valid_metrics "
+                                 "(ppl)"),
+])
+def test_validation_metrics_are_checked_together(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, overrides)
+    cfg = load_config(None, ["train.valid_metrics=[ppl, bleu]", "train.best_metric=bleu"])
+    assert (cfg.train.valid_metrics, cfg.train.best_metric) == (["ppl", "bleu"], "bleu")
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    """~400 bytes of YAML whose aliases expand to 9 ** levels strings."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nmodel: {{hidden_size: *l{levels - 1}}}\n"
+
+
+def test_a_yaml_bomb_deep_nesting_or_a_shared_reference_value_is_a_quick_config_error(
+        tmp_path):
+    """A billion-laughs YAML, one nested 5,000 deep, and a config dict (as a crafted
+    checkpoint holds) whose value is a list of 9 ** 9 shared references: each a one-line
+    ConfigError, in a child process capped at 2 GB of address space, its peak RSS < 1 GB."""
+    (tmp_path / "bomb.yaml").write_text(_billion_laughs())
+    (tmp_path / "deep.yaml").write_text("model: {hidden_size: " + "[" * 5000 + "]" * 5000 + "}")
+    out, rss_mb = run_bounded(f"""
+        from seq2seq.config import config_from_dict, load_config
+        from seq2seq.errors import ConfigError
+        for path in [{str(tmp_path / "bomb.yaml")!r}, {str(tmp_path / "deep.yaml")!r}]:
+            try:
+                load_config(path)
+            except ConfigError as err:
+                print(str(err).replace("\\n", " | ")[:300])
+        value = ["lol"]
+        for _ in range(9):
+            value = [value] * 9
+        try:
+            config_from_dict({{"model": {{"hidden_size": value}}}}, where="ckpt.pt (config)")
+        except ConfigError as err:
+            print(err)
+    """)
+    bomb, deep, shared = out.splitlines()
+    assert "bomb.yaml: not valid YAML" in bomb and "aliases (*name) are not allowed" in bomb
+    assert "deep.yaml: not valid YAML" in deep and "nested deeper than 32 levels" in deep
+    assert shared.startswith("ckpt.pt (config): model.hidden_size must be int, got [[[")
+    assert len(shared) < 200 and rss_mb < 1024

@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +29,22 @@ def test_truncated_binary_is_detected(data_dir, tmp_path):
     ids.write_bytes(ids.read_bytes()[:-8])
     with pytest.raises(DataError, match="truncated"):
         DataDir(copy).split("train")
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", None, [[1] * 50]])
+def test_a_data_format_version_it_does_not_read_is_refused_naming_the_directory(
+        data_dir, tmp_path, version):
+    import json
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["version"] = version
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"copy/meta.json: data format version .{1,90}; "
+                                        r"this seq2seq reads version 1 \("):
+        DataDir(copy)
 
 
 def lengths(n, seed=0):
@@ -178,3 +197,17 @@ def test_stream_drops_batches_smaller_than_the_world_and_shards_the_rest(data_di
     _assert_same(Batch(*(torch.cat(t) for t in zip(*(vars(s).values() for s in shards)))),
                  batch)
 
+
+
+@pytest.mark.parametrize("damage", [{"tokenizer": None}, {"tokenizer": {"src": {}}},
+                                    {"max_len": "50"}, {"max_len": None}])
+def test_a_meta_json_without_tokenizer_or_max_len_is_a_data_error(data_dir, tmp_path, damage):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta.update(damage)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"meta.json: (lacks the tokenizer settings|max_len "
+                                        r"must be an integer >= 1)"):
+        DataDir(copy)

@@ -1,4 +1,5 @@
-"""The docs point at real things: every test that docs/RELIABILITY.md names exists."""
+"""The docs point at real things: every test that docs/RELIABILITY.md names exists, and
+every benchmark command names a script of bench/ and options that it has."""
 
 import re
 from pathlib import Path
@@ -21,3 +22,27 @@ def test_every_test_named_in_reliability_exists():
                 assert re.search(rf"def {name}\(", source), f"{current}::{name} not found"
                 named += 1
     assert named > 30
+
+
+def test_every_benchmark_command_names_a_script_and_its_options():
+    # LOG.md keeps its commands as they were run (`python bench/NAME.py`): not checked.
+    docs = ["README.md", "Makefile", "docs/scaling.md", "bench/README.md", "bench/RESULTS.md",
+            "bench/SCALING.md", "bench/SERVE.md"]
+    commands = 0
+    for doc in docs:
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        for name, args in re.findall(r"python -m bench\.([a-z0-9_]+)([^`\n]*)", text):
+            script = ROOT / "bench" / f"{name}.py"
+            assert script.exists(), f"{doc}: python -m bench.{name}, but no {script.name}"
+            source = script.read_text(encoding="utf-8")
+            for option in re.findall(r"\s(--[\w-]+)", args.split(" -- ")[0]):
+                assert f'"{option}"' in source, f"{doc}: bench.{name} has no {option}"
+            commands += 1
+    assert commands > 20
+
+
+def test_bench_readme_has_a_row_for_every_benchmark():
+    text = (ROOT / "bench" / "README.md").read_text(encoding="utf-8")
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        if script.stem not in ("__init__", "common"):
+            assert f"python -m bench.{script.stem}" in text, f"bench/README.md: no {script.stem}"

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from conftest import needs_bf16
 from seq2seq.config import ModelConfig
 from seq2seq.data import Batch, DataDir, SourceOrder, collate, source_batch, target_batch
-from seq2seq.model import Seq2Seq, chunked_loss, count_parameters
+from seq2seq.model import Seq2Seq, chunked_loss, count_parameters, parameter_shapes
 
 CFG = ModelConfig(embed_dim=16, hidden_size=24, num_layers=2, src_vocab=50, tgt_vocab=40)
 SRC = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [4, 15, 16, 17, 18, 19, 20]]
@@ -204,8 +204,8 @@ def test_paper_init_range():
 
 
 def test_paper_model_has_384m_parameters():
-    counts = count_parameters(Seq2Seq(160_000, 80_000, ModelConfig(
-        embed_dim=1000, hidden_size=1000, num_layers=4)))
+    paper = ModelConfig(embed_dim=1000, hidden_size=1000, num_layers=4)
+    counts = count_parameters(parameter_shapes(160_000, 80_000, paper))  # 1.5 GB if built
     assert counts["total"] == pytest.approx(384e6, rel=0.002)
     assert counts["encoder_lstm"] == counts["decoder_lstm"] == pytest.approx(32e6, rel=0.002)
 
@@ -226,3 +226,20 @@ def test_bf16_autocast_loss_close_to_fp32(precision):
         low, _ = m(b.src, b.src_lens, b.tgt_in, b.tgt_out, label_smoothing=0.1)
     assert low.dtype == torch.float32 and low.requires_grad
     assert torch.allclose(low, ref, rtol=0.02)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_parameter_shapes_are_the_model_s(layers):
+    cfg = ModelConfig(embed_dim=5, hidden_size=7, num_layers=layers)
+    model = Seq2Seq(11, 13, cfg)
+    assert parameter_shapes(11, 13, cfg) == {k: tuple(v.shape)
+                                             for k, v in model.state_dict().items()}
+    assert count_parameters(parameter_shapes(11, 13, cfg)) == count_parameters(model)
+
+
+def test_token_nll_is_the_same_in_chunks_of_one_position():
+    m, b = model(), batch(SRC, TGT)
+    with torch.no_grad():
+        whole = m.token_nll(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+        by_one = m.token_nll(b.src, b.src_lens, b.tgt_in, b.tgt_out, block_floats=40)
+    assert torch.allclose(whole, by_one) and (whole[b.tgt_out == 0] == 0).all()

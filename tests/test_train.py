@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from conftest import needs_bf16, tiny_config
-from seq2seq.checkpoint import load_checkpoint
+from seq2seq.checkpoint import average_checkpoints, last_checkpoints, load_checkpoint
 from seq2seq.config import OptimConfig, TrainConfig, config_from_dict
 from seq2seq.errors import ConfigError, TrainingStopped
 from seq2seq.train import Trainer, clip_grad_norm, learning_rate
@@ -284,3 +285,164 @@ def test_a_non_finite_gradient_is_caught_without_clipping_too(data_dir, tmp_path
     trainer.train()
     assert trainer.skipped == 1 and trainer.step == 8
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_validation_bleu_equals_evaluate_on_the_same_sentences(trained_run, data_dir, corpus):
+    from seq2seq.evaluate import evaluate
+    from seq2seq.translator import Translator
+
+    cfg = tiny_config(train={"valid_metrics": ["ppl", "bleu"], "valid_bleu_sentences": 40})
+    trainer = Trainer(config_from_dict(cfg), data_dir, trained_run / "unused")
+    trainer.model.load_state_dict(_params(trained_run / "best.pt"))
+    valid = trainer.validate_bleu()
+    sources = corpus["valid_src"].read_text(encoding="utf-8").splitlines()[:40]
+    refs = corpus["valid_tgt"].read_text(encoding="utf-8").splitlines()[:40]
+    metrics, _ = evaluate(Translator.load(trained_run / "best.pt", device="cpu"), sources,
+                          refs, beam=1)
+    assert valid["valid_bleu"] == metrics["bleu"] > 0
+    assert valid["valid_bleu_s"] > 0
+
+
+# Validation perplexities by step, for the tests of choosing and stopping.
+SCRIPTED_PPL = {2: 10.0, 4: 8.0, 6: 9.0, 8: 8.5, 10: 7.0, 12: 7.5, 14: 12.0, 16: 11.0}
+
+
+@pytest.fixture
+def scripted_validation(monkeypatch):
+    """Trainer.validate returns SCRIPTED_PPL at each step (the rest of the run is real)."""
+    monkeypatch.setattr(Trainer, "validate", lambda self: {
+        "valid_nll": math.log(SCRIPTED_PPL[self.step]), "valid_ppl": SCRIPTED_PPL[self.step]})
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").open()]
+
+
+def test_early_stopping_stops_at_the_right_validation_and_resumes_the_count(
+        data_dir, tmp_path, scripted_validation, caplog):
+    caplog.set_level("INFO", logger="seq2seq")
+
+    def run(out, max_steps, patience=2):
+        cfg = tiny_config(optim={"max_steps": max_steps},
+                          train={"valid_every": 2, "log_every": 2, "patience": patience})
+        return Trainer(config_from_dict(cfg), data_dir, out).train()
+
+    # 10, 8 (best), 9, 8.5: the second validation without gain stops the run at step 8
+    whole = run(tmp_path / "whole", 16)
+    assert whole["step"] == 8 and "early_stop" in whole
+    assert "early stopping: valid ppl not better than 8 (step 4) for 2 validations" in \
+        whole["early_stop"]
+    assert whole["early_stop"] in caplog.text
+    assert _records(tmp_path / "whole")[-1] == whole
+    # stopped after step 6 (one validation without gain), resumed: the count goes on
+    run(tmp_path / "resumed", 6)
+    resumed = run(tmp_path / "resumed", 16)
+    assert [resumed[k] for k in ("step", "valid_ppl", "early_stop")] == \
+        [whole[k] for k in ("step", "valid_ppl", "early_stop")]
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt", training=True)["selection"] == {
+        "best": 8.0, "best_step": 4, "since_best": 2, "kept": []}
+    # more patience resumes the stopped run: 7.0 at step 10 is a new best
+    assert run(tmp_path / "resumed", 16, patience=3)["step"] == 16
+    assert _params(tmp_path / "resumed" / "best.pt").keys()
+    assert load_checkpoint(tmp_path / "resumed" / "best.pt")["step"] == 10
+
+
+def test_numbered_checkpoints_keep_the_last_and_the_best(data_dir, tmp_path,
+                                                         scripted_validation):
+    cfg = tiny_config(optim={"max_steps": 16},
+                      train={"valid_every": 4, "checkpoint_every": 2, "log_every": 2,
+                             "keep_last": 2, "keep_best": 2})
+    Trainer(config_from_dict(cfg), data_dir, tmp_path).train()
+    names = sorted(p.name for p in tmp_path.glob("*-*.pt"))
+    # validations at 4, 8, 12, 16: ppl 8, 8.5, 7.5, 11; the two best are 7.5 and 8
+    assert names == ["best-00000004.pt", "best-00000012.pt", "step-00000014.pt",
+                     "step-00000016.pt"]
+    assert load_checkpoint(tmp_path / "best-00000012.pt")["model"].keys() == \
+        load_checkpoint(tmp_path / "best.pt")["model"].keys()
+    assert not list(tmp_path.glob(".*.tmp-*"))
+    last_two = last_checkpoints(tmp_path, 2)  # what `seq2seq average --last 2` averages
+    assert [p.name for p in last_two] == ["step-00000014.pt", "step-00000016.pt"]
+    assert average_checkpoints(last_two)["step"] == 16
+
+
+def test_best_pt_is_chosen_by_bleu_when_the_config_says_so(data_dir, tmp_path, monkeypatch,
+                                                          scripted_validation):
+    bleu = {4: 3.0, 8: 5.0, 12: 4.0}
+    monkeypatch.setattr(Trainer, "validate_bleu", lambda self: {"valid_bleu": bleu[self.step],
+                                                               "valid_bleu_s": 0.1})
+    cfg = tiny_config(optim={"max_steps": 12},
+                      train={"valid_every": 4, "log_every": 4,
+                             "valid_metrics": ["ppl", "bleu"], "best_metric": "bleu"})
+    Trainer(config_from_dict(cfg), data_dir, tmp_path).train()
+    valid = [r for r in _records(tmp_path) if "valid_ppl" in r]
+    assert [(r["valid_bleu"], r["best"]) for r in valid] == [(3.0, True), (5.0, True),
+                                                             (4.0, False)]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == 8 and best["best_valid_ppl"] == 8.0  # the lowest perplexity
+    assert load_checkpoint(tmp_path / "last.pt")["best_valid_ppl"] == 7.5  # so far
+
+
+def test_tensorboard_scalars_are_written_and_read_back(data_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(optim={"max_steps": 8}, train={"valid_every": 4, "log_every": 4,
+                                                      "tensorboard": True})
+    Trainer(config_from_dict(cfg), data_dir, tmp_path).train()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    records = _records(tmp_path)
+    for name in ("loss", "ppl", "lr", "grad_norm", "tgt_tok_s", "valid_ppl"):
+        logged = [(r["step"], r[name]) for r in records if name in r]
+        read = [(e.step, e.value) for e in events.Scalars(name)]
+        assert read == [(s, pytest.approx(v, rel=1e-6)) for s, v in logged], name
+
+
+def test_a_validation_beam_search_refuses_is_refused_before_training(data_dir, tmp_path):
+    cfg = tiny_config(train={"valid_metrics": ["ppl", "bleu"], "valid_beam": 1000})
+    with pytest.raises(ConfigError, match="train.valid_beam: beam must be"):
+        Trainer(config_from_dict(cfg), data_dir, tmp_path)
+
+
+def test_tensorboard_asked_for_but_missing_is_a_one_line_error(data_dir, tmp_path,
+                                                               monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    cfg = tiny_config(train={"tensorboard": True})
+    with pytest.raises(ConfigError, match=r"train.tensorboard: true needs the tensorboard "
+                                          r"package: pip install 'seq2seq\[tensorboard\]'"):
+        Trainer(config_from_dict(cfg), data_dir, tmp_path)
+
+
+def test_ema_is_the_moving_average_of_the_weights_validated_and_resumed(data_dir, tmp_path):
+    def config(steps):
+        return config_from_dict(tiny_config(optim={"max_steps": steps}, model={"dropout": 0.1},
+                                            train={"valid_every": 2, "log_every": 2,
+                                                   "ema": 0.5, "keep_last": 1}))
+
+    trainer = Trainer(config(2), data_dir, tmp_path / "by-hand")
+    weights = [{n: p.detach().clone() for n, p in trainer.model.named_parameters()}]
+    for _ in range(2):
+        trainer.train_next()
+        weights.append({n: p.detach().clone() for n, p in trainer.model.named_parameters()})
+    for name, average in trainer.ema.state_dict().items():  # 0.25 w0 + 0.25 w1 + 0.5 w2
+        w0, w1, w2 = (w[name] for w in weights)
+        assert torch.allclose(average, 0.25 * w0 + 0.25 * w1 + 0.5 * w2, atol=1e-7), name
+    with trainer.ema.swapped_in():
+        assert torch.equal(trainer.model.decoder.output.weight,
+                           trainer.ema.weights["decoder.output.weight"])
+    for name, p in trainer.model.named_parameters():  # the weights themselves are back
+        assert torch.equal(p, weights[2][name]), name
+    # step-N.pt (and best.pt) hold the average, last.pt both; resuming keeps averaging
+    Trainer(config(4), data_dir, tmp_path / "whole").train()
+    Trainer(config(2), data_dir, tmp_path / "resumed").train()
+    Trainer(config(4), data_dir, tmp_path / "resumed").train()
+    for run in ("whole", "resumed"):
+        last = load_checkpoint(tmp_path / run / "last.pt", training=True)
+        kept = load_checkpoint(tmp_path / run / "step-00000004.pt")
+        for name, average in last["ema"].items():
+            assert torch.equal(kept["model"][name], average), name
+        assert not torch.equal(last["model"]["decoder.output.weight"],
+                               last["ema"]["decoder.output.weight"])
+    whole, resumed = (load_checkpoint(tmp_path / r / "step-00000004.pt")["model"]
+                      for r in ("whole", "resumed"))
+    for name, w in whole.items():
+        assert torch.equal(resumed[name], w), name

@@ -1,7 +1,9 @@
+import logging
+
 import pytest
 import torch
 
-from conftest import needs_bf16
+from conftest import needs_bf16, run_bounded
 from seq2seq.data import DataDir
 from seq2seq.device import cpu_has_bf16
 from seq2seq.errors import ArgumentError, ConfigError
@@ -231,9 +233,11 @@ def test_one_string_is_refused_not_split_into_characters(translator):
     ({"beam": 3, "nbest": 4}, r"nbest must be an integer in 1..3 \(at most beam\), got 4"),
     ({"nbest": 0}, r"nbest must be an integer in 1..12 \(at most beam\), got 0"),
     ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
-    ({"max_len_a": -1.0}, "max_len_a must be a finite number >= 0, got -1.0"),
-    ({"max_len_a": float("nan")}, "max_len_a must be a finite number >= 0, got nan"),
-    ({"max_len_b": -1}, "max_len_b must be an integer >= 0, got -1"),
+    ({"max_len_a": -1.0}, r"max_len_a must be a finite number in \[0, 100\], got -1.0"),
+    ({"max_len_a": float("nan")}, r"max_len_a must be a finite number in \[0, 100\], got nan"),
+    ({"max_len_a": 1e300}, r"max_len_a must be a finite number in \[0, 100\], got 1e\+300"),
+    ({"max_len_b": -1}, "max_len_b must be an integer in 0..10000, got -1"),
+    ({"max_len_b": 10**30}, "max_len_b must be an integer in 0..10000, got 1000"),
     ({"length_penalty": -0.5}, r"length_penalty must be a finite number in \[0, 10\], got -0.5"),
     ({"length_penalty": float("inf")}, r"length_penalty must be a finite number in \[0, 10\]"),
     ({"length_penalty": 11}, r"length_penalty must be a finite number in \[0, 10\], got 11"),
@@ -258,3 +262,39 @@ def test_bf16_on_a_cpu_without_it_runs_fp32_with_a_warning(trained_run, caplog):
     assert {p.dtype for p in t.ensemble.models[0].parameters()} == {torch.float32}
     assert t.translate(["Tom is here."], beam=2)[0].text
     assert "bf16 needs a CPU with AVX-512 BF16 or AMX" in caplog.text
+
+
+def test_a_lone_surrogate_is_an_argument_error_naming_the_field(translator):
+    with pytest.raises(ArgumentError, match=r"sentences\[1\] holds an invalid code point "
+                                            r"U\+D800 \(a lone surrogate\) at character 3"):
+        translator.translate(["Go!", "Hi \ud800!"], beam=1)
+    with pytest.raises(ArgumentError, match=r"targets\[0\] holds an invalid code point"):
+        translator.score(["Go!"], ["\udfff"])
+
+
+def test_long_inputs_are_cut_with_one_warning_per_call(translator, caplog):
+    with caplog.at_level(logging.WARNING, logger="seq2seq"):
+        translator.translate(["Go!"] + ["very " * 300 + "long."] * 5, beam=1)
+        translator.score(["Go!"] * 3, ["Va !", "très " * 300, "très " * 400])
+    assert [r.getMessage() for r in caplog.records] == [
+        "input line 2: 302 tokens, truncated to the model's limit of 200 (4 more input lines "
+        "cut too)",
+        "target line 2: 300 tokens, truncated to the model's limit of 200 (1 more target "
+        "lines cut too)"]
+
+
+def test_scoring_long_targets_is_bounded_in_memory(trained_run):
+    """The /score request of issue 30 (256 pairs of 1,000-token targets, ~512 KB) and the
+    CLI's 1 MB target line: targets are cut to the model's max length and scored a 16 MB
+    block of log-probabilities at a time, in a child capped at 2 GB of address space whose
+    peak RSS stays under 1 GB."""
+    out, rss_mb = run_bounded(f"""
+        import torch
+        from seq2seq.translator import Translator
+        torch.set_num_threads(1)
+        t = Translator.load({str(trained_run / "best.pt")!r}, device="cpu")
+        scores = t.score(["Tom is here."] * 256, ["il est là " * 250] * 256)
+        scores += t.score(["Go!"], ["x " * 500_000])
+        print(len(scores), all(s < 0 for s in scores))
+    """)
+    assert out == "257 True" and rss_mb < 1024

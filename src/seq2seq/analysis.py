@@ -24,7 +24,7 @@ import bisect
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sacrebleu
 
-from seq2seq.errors import ArgumentError, DataError, check_integer
+from seq2seq.errors import ArgumentError, DataError, check_integer, shown
 from seq2seq.files import atomic_file, make_folder
 from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import SPECIALS, Vocabulary
@@ -356,6 +356,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             raise DataError(f"{path} line {number}: not JSON ({err.msg})") from None
         if not isinstance(record, dict) or "step" not in record:
             raise DataError(f"{path} line {number}: a metrics record needs a 'step'")
+        for key in ("step", "elapsed_s", "ppl", "valid_ppl", "loss"):
+            if key in record and (isinstance(record[key], bool) or
+                                  not isinstance(record[key], int | float)):
+                raise DataError(f"{path} line {number}: '{key}' must be a number, got "
+                                f"{shown(record[key])}")
         records.append(record)
     if not records:
         raise DataError(f"{path}: no records yet")
@@ -379,10 +384,13 @@ def curve_summary(runs: dict[str, list[dict]]) -> list[dict]:
 def plot_curves(runs: dict[str, list[dict]], out: Path, title: str = "Training curves"
                 ) -> list[Path]:
     """Training (thin) and validation (markers) perplexity of each run against updates and,
-    where the records have it, against wall time; one colour per run, log scale."""
+    where the records have it, against wall time; one colour per run, log scale. Runs that
+    validated by BLEU (train.valid_metrics) add it, dashed, on a second axis at the right."""
     timed = all(any("elapsed_s" in r for r in records) for records in runs.values())
     fig, axes = figure(ncols=2 if timed else 1, figsize=(12 if timed else 7, 4.5))
     axes = list(axes) if timed else [axes]
+    with_bleu = any("valid_bleu" in r for records in runs.values() for r in records)
+    bleu_axes = [ax.twinx() for ax in axes] if with_bleu else []
     for k, (name, records) in enumerate(runs.items()):
         color = f"C{k % 10}"
         train = [r for r in records if "ppl" in r]
@@ -396,6 +404,11 @@ def plot_curves(runs: dict[str, list[dict]], out: Path, title: str = "Training c
                     [r["valid_ppl"] for r in valid], "o-", color=color, markersize=3,
                     label=f"{name} (valid)")
             ax.set(xlabel=label, ylabel="perplexity", yscale="log")
+        for bleu_ax, (key, scale, _) in zip(bleu_axes, xs):
+            bleu = [r for r in valid if "valid_bleu" in r]
+            bleu_ax.plot([r.get(key, np.nan) / scale for r in bleu],
+                         [r["valid_bleu"] for r in bleu], "s--", color=color, markersize=3)
+            bleu_ax.set(ylabel="validation BLEU (squares, dashed)")
     axes[0].set_title(f"{title}: thin = training, markers = validation")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
@@ -429,8 +442,10 @@ def read_nbest(path: str | Path) -> list[NbestEntry]:
 
 
 def rescore(entries: list[NbestEntry], sources: Sequence[str], translator,
-            weight: float = 0.5) -> list[NbestEntry]:
+            weight: float = 0.5, progress: Callable[[int], None] | None = None
+            ) -> list[NbestEntry]:
     """Add log p(T|S) to each entry and re-rank: combined = weight * model + (1 - weight) * list.
+    `progress` is told of the entries scored (see `Translator.score`).
 
     Returns the entries grouped by source (in order), best combined score first.
     """
@@ -438,7 +453,8 @@ def rescore(entries: list[NbestEntry], sources: Sequence[str], translator,
         if not 0 <= e.source < len(sources):
             raise DataError(f"n-best entry for source {e.source}, but there are "
                             f"{len(sources)} sources")
-    model = translator.score([sources[e.source] for e in entries], [e.text for e in entries])
+    model = translator.score([sources[e.source] for e in entries], [e.text for e in entries],
+                             progress=progress)
     groups: dict[int, list[NbestEntry]] = defaultdict(list)
     for e, m in zip(entries, model):
         e.model_score, e.combined = m, weight * m + (1 - weight) * e.score

@@ -19,17 +19,34 @@ A *training checkpoint* (`last.pt`) adds what resuming needs:
     data_stream            `BatchStream.state_dict()`: the position in the training data
     rng                    the RNG states of every rank, rank r's at index r
     elapsed                wall seconds of training so far
+    selection              `train.Selection.state_dict()`: the best value of
+                           train.best_metric and its step, validations since, and the
+                           (value, step) of each best-N.pt kept
+    ema                    with train.ema, the moving average of the weights, {name:
+                           fp32 tensor}; else None (`model` holds the weights themselves)
 
 Both are dicts of tensors and plain values, tagged with `format` and `version`, written
-atomically and read with `torch.load(weights_only=True)`, which unpickles no code.
-Version 1 files (the data position in `position` = {step, epoch, batch}) are read as the
-current version.
+atomically and read with `torch.load(weights_only=True)`, which unpickles no code. The
+file is torch's zip archive, its parts stored uncompressed: one whose parts declare more
+bytes than the file holds (a "deflate bomb") is refused before it is read. A model is
+built only once its config has passed the config's checks and its weights' shapes match
+what that config and the vocabularies need (`model.parameter_shapes`).
+Older versions are read as the current one:
+    1 -> 2   the data position in `position` = {step, epoch, batch}
+    2 -> 3   no `selection`: the best was always by perplexity, with no patience
+             count; no `ema` (there was none)
+
+A run directory holds last.pt and best.pt, and, with train.keep_last / keep_best, the
+numbered model bundles step-N.pt and best-N.pt (N: the step, 8 digits).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,26 +55,30 @@ import torch
 
 from seq2seq.config import Config, config_from_dict
 from seq2seq.data import DataDir, SourceOrder
-from seq2seq.errors import CheckpointError, ConfigError, DataError
+from seq2seq.errors import CheckpointError, ConfigError, DataError, shown
 from seq2seq.files import atomic_file
-from seq2seq.model import Seq2Seq
+from seq2seq.model import Seq2Seq, parameter_shapes
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import Vocabulary
 
 FORMAT = "seq2seq-checkpoint"
-VERSION = 2
-READS = (1, 2)  # the versions load_checkpoint reads
+VERSION = 3
+READS = (1, 2, 3)  # the versions load_checkpoint reads
 BUNDLE_KEYS = ("config", "model", "src_vocab", "tgt_vocab", "tokenizer", "max_len", "step",
                "best_valid_ppl")
-TRAINING_KEYS = ("optimizer", "scaler", "data_stream", "rng", "elapsed")
+TRAINING_KEYS = ("optimizer", "scaler", "data_stream", "rng", "elapsed", "selection", "ema")
 
 # Config keys that may change between a run and its resumption (they do not change the
-# result of the steps already taken).
+# result of the steps already taken). Not train.best_metric, valid_bleu_sentences or
+# valid_beam: the best value saved, and the patience count, were measured with them; nor
+# train.ema: the average saved would not be the one asked for.
 RESUMABLE_CHANGES = {
     "optim.epochs", "optim.max_steps", "train.log_every", "train.valid_every",
     "train.checkpoint_every", "train.threads", "train.device", "train.trim_every",
-    "train.nonfinite",
+    "train.nonfinite", "train.valid_metrics", "train.patience", "train.keep_last",
+    "train.keep_best", "train.tensorboard",
 }
+NUMBERED = ("step", "best")  # the kinds of numbered checkpoints in a run directory
 
 
 # --------------------------------------------------------------------------- building
@@ -76,10 +97,24 @@ def model_bundle(config: Config, model: Seq2Seq, data: DataDir, step: int,
 
 def training_checkpoint(bundle: dict[str, Any], *, optimizer: dict, scaler: dict,
                         data_stream: dict[str, int], rng: list[dict[str, Any]],
-                        elapsed: float) -> dict[str, Any]:
+                        elapsed: float, selection: dict[str, Any],
+                        ema: dict[str, Any] | None) -> dict[str, Any]:
     """A model bundle plus what resuming needs (the keys of TRAINING_KEYS)."""
     return {**bundle, "optimizer": optimizer, "scaler": scaler, "data_stream": data_stream,
-            "rng": rng, "elapsed": elapsed}
+            "rng": rng, "elapsed": elapsed, "selection": selection, "ema": ema}
+
+
+def numbered_path(run_dir: str | Path, kind: str, step: int) -> Path:
+    """run_dir/step-00001200.pt (kind "step") or run_dir/best-00001200.pt ("best")."""
+    assert kind in NUMBERED
+    return Path(run_dir) / f"{kind}-{step:08d}.pt"
+
+
+def numbered_checkpoints(run_dir: str | Path, kind: str) -> list[Path]:
+    """The numbered checkpoints of `kind` in `run_dir`, oldest step first."""
+    assert kind in NUMBERED
+    return sorted(Path(run_dir).glob(f"{kind}-[0-9]*.pt"),
+                  key=lambda p: int(p.stem.split("-")[1]))
 
 
 # --------------------------------------------------------------------------- files
@@ -128,7 +163,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        _check_archive(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises many types for a damaged file; all mean the same
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
@@ -141,12 +179,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                               f"seq2seq reads versions {', '.join(map(str, READS))})")
     if state["version"] == 1:
         _upgrade_from_v1(state)
+    if state["version"] == 2:
+        _upgrade_from_v2(state)
     wanted = BUNDLE_KEYS + (TRAINING_KEYS if training else ())
     missing = [k for k in wanted if k not in state]
     if missing:
         what = "a training checkpoint" if training else "a model checkpoint"
         raise CheckpointError(f"{path}: lacks {', '.join(missing)} (not {what})")
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """CheckpointError unless the zip archive at `path` declares no more bytes than it
+    holds: torch stores its parts uncompressed, so more means compressed parts that could
+    inflate to any size. zipfile.BadZipFile if it is not a zip archive."""
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(part.file_size for part in archive.infolist())
+    size = path.stat().st_size
+    if declared > size:
+        raise CheckpointError(f"{path}: its parts declare {declared:,} bytes in a file of "
+                              f"{size:,} (compressed: not written by seq2seq); not read")
 
 
 def _upgrade_from_v1(state: dict[str, Any]) -> None:
@@ -156,7 +208,18 @@ def _upgrade_from_v1(state: dict[str, Any]) -> None:
         position = state.pop("position")
         state["data_stream"] = {"epoch": position["epoch"], "batch": position["batch"]}
         state.setdefault("elapsed", 0.0)
-    state["version"] = VERSION
+    state["version"] = 2
+
+
+def _upgrade_from_v2(state: dict[str, Any]) -> None:
+    """Version 2 -> 3, in place: training checkpoints gain `selection`; the best was by
+    perplexity (train.best_metric did not exist), its step and patience count unknown."""
+    if "optimizer" in state:
+        best = state["best_valid_ppl"]
+        state["selection"] = {"best": best if math.isfinite(best) else None, "best_step": None,
+                              "since_best": 0, "kept": []}
+        state["ema"] = None
+    state["version"] = 3
 
 
 # --------------------------------------------------------------------------- using
@@ -182,6 +245,7 @@ def load_bundle(path: str | Path, device: torch.device) -> ModelBundle:
     the file if its weights or tokenizer settings are damaged."""
     state = load_checkpoint(path, map_location=device)
     cfg = config_from_dict(state["config"], where=f"{path} (config)")
+    _check_contents(state, cfg, path)
     try:
         tokenizers = [Tokenizer.from_dict(state["tokenizer"][side]) for side in ("src", "tgt")]
     except (DataError, KeyError, TypeError) as err:
@@ -199,6 +263,40 @@ def load_bundle(path: str | Path, device: torch.device) -> ModelBundle:
     )
 
 
+def _check_contents(state: dict[str, Any], cfg: Config, path: Path) -> None:
+    """CheckpointError naming the file and the key unless the bundle's plain values have
+    their types and ranges and its weights have the shapes that `cfg` and the vocabularies
+    need: checked before a model of that size is built."""
+    for key in ("src_vocab", "tgt_vocab"):
+        words = state[key]
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise CheckpointError(f"{path}: {key} must be a list of strings")
+    for key, low in (("max_len", 1), ("step", 0)):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CheckpointError(f"{path}: {key} must be an integer >= {low}, got "
+                                  f"{shown(value)}")
+    if isinstance(state["best_valid_ppl"], bool) or \
+            not isinstance(state["best_valid_ppl"], int | float):
+        raise CheckpointError(f"{path}: best_valid_ppl must be a number, got "
+                              f"{shown(state['best_valid_ppl'])}")
+    weights = state["model"]
+    if not isinstance(weights, dict) or \
+            not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"{path}: its model weights must be a dict of tensors")
+    needed = parameter_shapes(len(state["src_vocab"]), len(state["tgt_vocab"]), cfg.model)
+    for name in sorted(needed.keys() | weights.keys(), key=shown):
+        have = tuple(weights[name].shape) if name in weights else None
+        if have != needed.get(name):
+            m, name = cfg.model, name if isinstance(name, str) else shown(name)
+            raise CheckpointError(
+                f"{path}: its weights do not fit its config and vocabularies: {name} is "
+                f"{'missing' if have is None else have}, needed {needed.get(name) or 'none'} "
+                f"(embed_dim {m.embed_dim}, hidden_size {m.hidden_size}, num_layers "
+                f"{m.num_layers}, {len(state['src_vocab']):,} + {len(state['tgt_vocab']):,} "
+                "words)")
+
+
 def check_ensemble(bundles: list[ModelBundle], paths: list[str | Path]) -> None:
     """Models decode together only with the same vocabularies and tokenizers: CheckpointError
     naming the first checkpoint (of `paths`, one per bundle) that differs from the first."""
@@ -214,6 +312,59 @@ def check_ensemble(bundles: list[ModelBundle], paths: list[str | Path]) -> None:
                 raise CheckpointError(
                     f"{path}: its {what} differs from {paths[0]}'s; an ensemble needs "
                     "models trained on the same prepared data")
+
+
+def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
+    """The `n` newest step-N.pt of `run_dir` (train.keep_last); CheckpointError if fewer."""
+    found = numbered_checkpoints(run_dir, "step")
+    if len(found) < n:
+        raise CheckpointError(f"{run_dir}: {len(found)} numbered checkpoints (step-N.pt), "
+                              f"fewer than {n}; train.keep_last keeps them")
+    return found[-n:]
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The model bundle whose weights are the mean of the checkpoints' at `paths` (summed in
+    float64, cast back to each weight's type); config, vocabularies and tokenizers are the
+    first's, the step the largest, best_valid_ppl NaN (the mean was never validated).
+
+    The files are read one at a time. CheckpointError naming the first file whose
+    vocabularies, tokenizer settings, source reversal or weight names and shapes differ from
+    the first file's.
+    """
+    if not paths:
+        raise CheckpointError("nothing to average: no checkpoints given")
+    first = load_checkpoint(paths[0])
+    total = {name: w.double() for name, w in first["model"].items()}
+    step = first["step"]
+    for path in paths[1:]:
+        state = load_checkpoint(path)
+        _check_averageable(state, first, path, paths[0])
+        for name, w in state["model"].items():
+            total[name] += w.double()
+        step = max(step, state["step"])
+    model = {name: (w / len(paths)).to(first["model"][name].dtype) for name, w in total.items()}
+    return {**{k: first[k] for k in BUNDLE_KEYS}, "model": model, "step": step,
+            "best_valid_ppl": math.nan}
+
+
+def _check_averageable(state: dict[str, Any], first: dict[str, Any], path: str | Path,
+                       first_path: str | Path) -> None:
+    """Weights average only over the same model: CheckpointError naming what differs."""
+    def shapes(s):
+        return {name: tuple(w.shape) for name, w in s["model"].items()}
+
+    def reversal(s):
+        return config_from_dict(s["config"], where=f"{path} (config)").model.reverse_source
+
+    for what, get in (("src vocab", lambda s: s["src_vocab"]),
+                      ("tgt vocab", lambda s: s["tgt_vocab"]),
+                      ("tokenizer", lambda s: s["tokenizer"]),
+                      ("source reversal (model.reverse_source)", reversal),
+                      ("weight names or shapes", shapes)):
+        if get(state) != get(first):
+            raise CheckpointError(f"{path}: its {what} differs from {first_path}'s; only "
+                                  "checkpoints of the same model average")
 
 
 def check_resumable(state: dict[str, Any], config: Config, data: DataDir, path: Path) -> None:

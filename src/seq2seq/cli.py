@@ -26,6 +26,7 @@ EXAMPLES = {
     "score": "seq2seq score --model runs/tatoeba/best.pt --src test.en --tgt test.fr",
     "evaluate": "seq2seq evaluate --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
                 "--ref data/tatoeba-en-fr/test.fr --beam 12 --json",
+    "average": "seq2seq average --last 5 runs/tatoeba --out runs/tatoeba/average.pt",
     "rescore": "seq2seq rescore --model runs/tatoeba/best.pt --src test.en --nbest test.nbest "
                "--weight 0.5 --one-best",
     "plot": "seq2seq plot length --model runs/tatoeba/best.pt --src data/tatoeba-en-fr/test.en "
@@ -128,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="tokenizer processes (default 1)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    _progress_arg(p)
 
     p = verb("train", "Train a model (resumes if the run directory has a checkpoint).", cmd_train)
     p.add_argument("config", metavar="CONFIG.yaml")
@@ -146,11 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="default: stdout")
     p.add_argument("--nbest", type=int, default=1, metavar="N",
                    help="with N > 1, print Moses n-best lines: index ||| text ||| score")
+    _progress_arg(p)
 
     p = verb("score", "Print log p(T|S) of each sentence pair.", cmd_score)
     _model_args(p, decoding=False)
     p.add_argument("--src", required=True, metavar="FILE")
     p.add_argument("--tgt", required=True, metavar="FILE")
+    _progress_arg(p)
 
     p = verb("evaluate", "Translate a test set; print BLEU, chrF, tokenized BLEU, perplexity.",
              cmd_evaluate)
@@ -161,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyps", metavar="FILE", help="also write the translations here")
     p.add_argument("--by-length", action="store_true",
                    help="also print BLEU by source length (Figure 3, left)")
+    _progress_arg(p)
 
     p = verb("rescore", "Re-rank an n-best list with the model's log p(T|S) (Table 2).",
              cmd_rescore)
@@ -172,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="combined = W * log p(T|S) + (1 - W) * list score (default 0.5)")
     p.add_argument("--one-best", action="store_true",
                    help="print only the best hypothesis of each source")
+    _progress_arg(p)
+
+    p = verb("average", "Write the mean of the weights of checkpoints of one model (same "
+             "shapes, vocabularies, tokenizers and source reversal).", cmd_average)
+    p.add_argument("--model", action="append", default=[], metavar="CKPT",
+                   help="a checkpoint to average; repeat")
+    p.add_argument("--last", nargs=2, metavar=("N", "RUN_DIR"),
+                   help="the N newest step-N.pt of RUN_DIR (kept with train.keep_last)")
+    p.add_argument("--out", required=True, metavar="FILE", help="the averaged checkpoint")
 
     p = verb("plot", "Figure 2 (pca), Figure 3 (length, rarity) of the paper, test perplexity "
              "by source length and target position (profile), and training curves (curves "
@@ -223,12 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-beam", type=int, default=64, metavar="K",
                    help="widest beam a request may ask for (default 64)")
     p.add_argument("--max-cost", type=int, default=1_000_000, metavar="N",
-                   help="beam x (2 x source tokens + 10) summed over a request's sentences "
+                   help="beam x (2 x source tokens + 10) summed over a request's sentences; "
+                        "for /score, source + target tokens + 1 summed over the pairs "
                         "(default 1000000)")
     p.add_argument("--max-queue", type=int, default=2048, metavar="N",
                    help="sentences waiting to be translated; beyond, 503 (default 2048)")
     p.add_argument("--max-connections", type=int, default=512, metavar="N",
-                   help="connections open at once; more are closed (default 512)")
+                   help="connections open at once; when full, the one idle longest is "
+                        "closed for a new one (default 512)")
+    p.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
+                   help="Host header names served besides localhost and IP addresses "
+                        "(* = any); others get 400")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="seconds a connection may take to send a request head, also when "
                         "idle between requests (default 10)")
@@ -238,15 +257,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                   help="a progress bar on stderr (default: only when stderr is a terminal)")
+
+
 def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
                    default="fp32",
                    help="matmul precision (default fp32); bf16 is faster on CPUs with "
                         "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
-                        "quantizes the LSTMs and the output layer when loading: 1.5-2.3x "
-                        "fp32's speed, BLEU within 0.1, on an AVX2 CPU without bf16; "
-                        "not yet measured with VNNI or AMX (bench/RESULTS.md, runs 11-12)")
+                        "quantizes the LSTMs and the output layer when loading. Speed and "
+                        "BLEU of each, per CPU kind: bench/RESULTS.md")
 
 
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True
@@ -272,12 +295,14 @@ def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: boo
 def cmd_prepare(args) -> None:
     from seq2seq.prepare import prepare
 
-    prepare(
-        args.train_src, args.train_tgt, args.valid_src, args.valid_tgt, args.out,
-        src_vocab=args.src_vocab, tgt_vocab=args.tgt_vocab, tokenizer=args.tokenizer,
-        lowercase=args.lowercase, max_len=args.max_len, src_lang=args.src_lang,
-        tgt_lang=args.tgt_lang, workers=args.workers, force=args.force,
-    )
+    with _progress_bar(args, "pairs") as bar:
+        prepare(
+            args.train_src, args.train_tgt, args.valid_src, args.valid_tgt, args.out,
+            src_vocab=args.src_vocab, tgt_vocab=args.tgt_vocab, tokenizer=args.tokenizer,
+            lowercase=args.lowercase, max_len=args.max_len, src_lang=args.src_lang,
+            tgt_lang=args.tgt_lang, workers=args.workers, force=args.force,
+            progress=bar.update,
+        )
 
 
 def cmd_train(args) -> None:
@@ -298,14 +323,14 @@ def cmd_train(args) -> None:
 
 def _dry_run(cfg, data: str | None) -> None:
     from seq2seq.data import DataDir
-    from seq2seq.model import Seq2Seq, count_parameters
+    from seq2seq.model import count_parameters, parameter_shapes
 
     if data:
         d = DataDir(data)
         sizes = len(d.src_vocab), len(d.tgt_vocab)
     else:
         sizes = cfg.model.src_vocab, cfg.model.tgt_vocab
-    counts = count_parameters(Seq2Seq(*sizes, cfg.model))
+    counts = count_parameters(parameter_shapes(*sizes, cfg.model))  # nothing allocated
     m = cfg.model
     print(f"model: {m.num_layers} layers x {m.hidden_size} cells, embeddings {m.embed_dim}, "
           f"vocab {sizes[0]:,} src / {sizes[1]:,} tgt, reverse_source={m.reverse_source}")
@@ -321,14 +346,15 @@ def cmd_translate(args) -> None:
     if args.output:  # --input may be the output: it is read whole before it is replaced
         check_not_an_input(args.output, "--output", [("--model", m) for m in args.model])
     translator = _load(args)
-    with atomic_output(args.output) if args.output else nullcontext(sys.stdout) as out:
+    with (atomic_output(args.output) if args.output else nullcontext(sys.stdout) as out,
+          _progress_bar(args, "sentences") as bar):
         lines = _input_lines(args.input)
         offset = 0
         while chunk := list(islice(lines, INPUT_CHUNK)):
             results = translator.translate(
                 chunk, beam=args.beam, nbest=args.nbest, batch_size=args.batch_size,
                 max_len_a=args.max_len_a, max_len_b=args.max_len_b, first_line=offset + 1,
-                length_penalty=args.length_penalty)
+                length_penalty=args.length_penalty, progress=bar.update)
             for i, r in enumerate(results, start=offset):
                 if args.nbest == 1:
                     out.write(r.text + "\n")
@@ -343,10 +369,12 @@ def cmd_score(args) -> None:
 
     translator = _load(args)
     pairs = read_pairs(args.src, args.tgt)
-    while chunk := list(islice(pairs, INPUT_CHUNK)):
-        sources, targets = zip(*chunk)
-        for s in translator.score(sources, targets, batch_size=args.batch_size):
-            print(f"{s:.4f}")
+    with _progress_bar(args, "pairs") as bar:
+        while chunk := list(islice(pairs, INPUT_CHUNK)):
+            sources, targets = zip(*chunk)
+            for s in translator.score(sources, targets, batch_size=args.batch_size,
+                                      progress=bar.update):
+                print(f"{s:.4f}")
 
 
 def cmd_evaluate(args) -> None:
@@ -361,9 +389,11 @@ def cmd_evaluate(args) -> None:
     if not pairs:
         raise DataError(f"{args.src}: empty test set")
     sources, refs = zip(*pairs)
-    metrics, hyps = evaluate(translator, sources, refs, beam=args.beam,
-                             batch_size=args.batch_size, max_len_a=args.max_len_a,
-                             max_len_b=args.max_len_b, length_penalty=args.length_penalty)
+    with _progress_bar(args, "sentences", total=len(sources)) as bar:
+        metrics, hyps = evaluate(translator, sources, refs, beam=args.beam,
+                                 batch_size=args.batch_size, max_len_a=args.max_len_a,
+                                 max_len_b=args.max_len_b,
+                                 length_penalty=args.length_penalty, progress=bar.update)
     metrics["models"] = args.model
     if args.hyps:
         with atomic_output(args.hyps) as f:
@@ -396,7 +426,7 @@ def cmd_serve(args) -> None:
                 else Batching(args.batch_wait_ms, args.max_batch_sentences))
     guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
                   body_timeout_s=args.body_timeout, max_queued_sentences=args.max_queue,
-                  max_cost=args.max_cost)
+                  max_cost=args.max_cost, allowed_hosts=tuple(args.allowed_hosts))
     serve(args.model, host=args.host, port=args.port, device=args.device,
           precision=args.precision, limits=limits, batching=batching, guard=guard)
 
@@ -406,8 +436,10 @@ def cmd_rescore(args) -> None:
     from seq2seq.text import read_lines
 
     translator = _load(args)
-    ranked = rescore(read_nbest(args.nbest), list(read_lines(args.src)), translator,
-                     args.weight)
+    entries = read_nbest(args.nbest)
+    with _progress_bar(args, "hypotheses", total=len(entries)) as bar:
+        ranked = rescore(entries, list(read_lines(args.src)), translator, args.weight,
+                         progress=bar.update)
     seen = set()
     for e in ranked:
         if args.one_best:
@@ -417,6 +449,23 @@ def cmd_rescore(args) -> None:
         else:
             print(f"{e.source} ||| {e.text} ||| {e.score:.4f} {e.model_score:.4f} ||| "
                   f"{e.combined:.4f}")
+
+
+def cmd_average(args) -> None:
+    from seq2seq.checkpoint import average_checkpoints, last_checkpoints, save_checkpoint
+
+    paths = list(args.model)
+    if args.last:
+        count, run_dir = args.last
+        if not count.isdigit() or int(count) < 1:
+            raise Seq2SeqError(f"--last N RUN_DIR: N must be a whole number >= 1, got {count!r}")
+        paths += last_checkpoints(run_dir, int(count))
+    if len(paths) < 2:
+        raise Seq2SeqError("average needs two checkpoints or more: --model CKPT --model CKPT "
+                           "..., or --last N RUN_DIR")
+    check_not_an_input(args.out, "--out", [("--model", path) for path in paths])
+    save_checkpoint(average_checkpoints(paths), args.out)
+    print(f"{args.out}: the mean of {', '.join(map(str, paths))}")
 
 
 def cmd_plot(args) -> None:
@@ -606,6 +655,21 @@ def _setup_process(workload: str, device: str, threads: int | None = None) -> No
     from seq2seq.device import resolve_device, setup_process
 
     setup_process(workload, resolve_device(device), threads)
+
+
+@contextmanager
+def _progress_bar(args, unit: str, total: int | None = None) -> Iterator:
+    """A tqdm bar on stderr, shown if --progress, or if stderr is a terminal and not
+    --no-progress; otherwise a silent one (its `update` does nothing). Never on stdout.
+    While it is shown, the log's lines are written above it, not into it."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    with tqdm(total=total, unit=unit, file=sys.stderr, disable=not show,
+              dynamic_ncols=True) as bar:
+        with logging_redirect_tqdm([logging.getLogger("seq2seq")]) if show else nullcontext():
+            yield bar
 
 
 def _input_lines(path: str | None) -> Iterator[str]:

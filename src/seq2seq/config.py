@@ -23,31 +23,44 @@ from typing import Any, Literal
 
 import yaml
 
-from seq2seq.errors import ConfigError
+from seq2seq.errors import ConfigError, shown
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+# Upper bounds of the model's sizes: far beyond any model this toolkit trains (the paper's
+# are 1000, 4 and 160,000), low enough that a typo or a crafted checkpoint is a ConfigError
+# naming the key, not an allocation of terabytes.
+MAX_WIDTH = 16_384  # embed_dim, hidden_size
+MAX_LAYERS = 64
+MAX_VOCAB = 1_000_000
+
+
 def at_least(low: float) -> dict:
     """Field metadata: the value must be >= low."""
-    return {"range": (low, None, True)}
+    return {"range": (low, None, True, True)}
+
+
+def between(low: float, high: float) -> dict:
+    """Field metadata: the value must be in [low, high]."""
+    return {"range": (low, high, True, True)}
 
 
 def above(low: float, high: float | None = None) -> dict:
     """Field metadata: the value must be > low (and <= high, if given)."""
-    return {"range": (low, high, False)}
+    return {"range": (low, high, False, True)}
 
 
 def fraction() -> dict:
     """Field metadata: a probability-like value in [0, 1)."""
-    return {"range": (0.0, 1.0, True)}
+    return {"range": (0.0, 1.0, True, False)}
 
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = field(default=256, metadata=at_least(1))
-    hidden_size: int = field(default=512, metadata=at_least(1))
-    num_layers: int = field(default=2, metadata=at_least(1))
+    embed_dim: int = field(default=256, metadata=between(1, MAX_WIDTH))
+    hidden_size: int = field(default=512, metadata=between(1, MAX_WIDTH))
+    num_layers: int = field(default=2, metadata=between(1, MAX_LAYERS))
     dropout: float = field(default=0.0, metadata=fraction())
     # How the encoder reads the source: "words" (the paper's reversal: the words' order
     # reversed, each word's pieces kept in order), "pieces" (token by token), or "none".
@@ -58,8 +71,8 @@ class ModelConfig:
     # The vocabulary sizes this preset expects `prepare` to produce. Training always takes
     # the sizes of the data directory it is given; these are used by `train --dry-run`
     # when no data directory is given.
-    src_vocab: int = field(default=160_000, metadata=at_least(1))
-    tgt_vocab: int = field(default=80_000, metadata=at_least(1))
+    src_vocab: int = field(default=160_000, metadata=between(1, MAX_VOCAB))
+    tgt_vocab: int = field(default=80_000, metadata=between(1, MAX_VOCAB))
 
 
 @dataclass
@@ -110,6 +123,26 @@ class TrainConfig:
     # a non-finite loss or gradient: stop the run (the last good checkpoints stay), or skip
     # the batch (counted and warned)
     nonfinite: Literal["stop", "skip"] = "stop"
+    # What each validation measures: perplexity, and BLEU of the first valid_bleu_sentences
+    # validation pairs decoded with beam valid_beam (1 = greedy), as `seq2seq evaluate` does
+    valid_metrics: list[Literal["ppl", "bleu"]] = field(default_factory=lambda: ["ppl"])
+    valid_bleu_sentences: int = field(default=500, metadata=at_least(1))
+    valid_beam: int = field(default=1, metadata=at_least(1))
+    # the metric that chooses best.pt and that early stopping watches (one of valid_metrics)
+    best_metric: Literal["ppl", "bleu"] = "ppl"
+    # stop after this many validations in a row without a new best; 0 = never
+    patience: int = field(default=0, metadata=at_least(0))
+    # numbered checkpoints kept beside last.pt / best.pt: the newest keep_last (step-N.pt,
+    # at every checkpoint) and the best keep_best (best-N.pt, by best_metric); 0 = none
+    keep_last: int = field(default=0, metadata=at_least(0))
+    keep_best: int = field(default=0, metadata=at_least(0))
+    # decay of an exponential moving average of the weights, kept during training:
+    # avg = decay * avg + (1 - decay) * weights after each update; validation, best.pt and
+    # the numbered checkpoints then use the average (last.pt keeps both). null = off
+    ema: float | None = field(default=None, metadata=fraction())
+    # scalars (loss, perplexity, BLEU, lr, gradient norm, tok/s) to RUN_DIR/tb/ for
+    # TensorBoard (needs the optional extra: pip install seq2seq[tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass
@@ -137,7 +170,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"{path}: unreadable config file ({err})") from None
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = yaml.load(text, ConfigLoader) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
@@ -149,7 +182,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     """Build a `Config` from nested dicts, checking every key and type."""
-    return _build(Config, raw, prefix="", where=where)
+    cfg = _build(Config, raw, prefix="", where=where)
+    _check_together(cfg, where)
+    return cfg
+
+
+def _check_together(cfg: Config, where: str) -> None:
+    """The checks that read two keys at once."""
+    t = cfg.train
+    if len(set(t.valid_metrics)) != len(t.valid_metrics) or not t.valid_metrics:
+        raise ConfigError(f"{where}: train.valid_metrics must name ppl and/or bleu once each, "
+                          f"got {t.valid_metrics!r}")
+    if t.best_metric not in t.valid_metrics:
+        raise ConfigError(f"{where}: train.best_metric={t.best_metric} must be one of "
+                          f"train.valid_metrics ({', '.join(t.valid_metrics)})")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -161,11 +207,37 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if not isinstance(section, dict):
         raise ConfigError(f"override {item!r}: {parts[0]} is not a section")
     try:
-        section[parts[1]] = yaml.safe_load(value) if value.strip() else None
+        section[parts[1]] = yaml.load(value, ConfigLoader) if value.strip() else None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem})"
                           ) from None
+
+
+MAX_YAML_DEPTH = 32  # a config is 2 levels deep
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without what a config never needs and a crafted file abuses:
+    aliases (`*name`; 400 bytes of nested aliases expand to billions of values, the
+    "billion laughs") and nesting deeper than MAX_YAML_DEPTH (PyYAML composes nodes
+    recursively: 5,000 levels overflow Python's stack)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._refuse("aliases (*name) are not allowed in a config")
+        if self._depth >= MAX_YAML_DEPTH:
+            self._refuse(f"nested deeper than {MAX_YAML_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _refuse(self, problem: str) -> None:
+        raise yaml.composer.ComposerError(None, None, problem, self.peek_event().start_mark)
 
 
 # Values of earlier versions of a key and what they mean now.
@@ -177,11 +249,10 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
+    unknown = sorted(k if isinstance(k, str) else shown(k) for k in set(raw) - names)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {prefix}{unknown[0]} (allowed: {', '.join(sorted(names))})"
-        )
+        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0][:80]} "
+                          f"(allowed: {', '.join(sorted(names))})")
     values = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in raw.items():
@@ -199,23 +270,24 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
 
 
 def _check_range(value: Any, bounds: tuple | None, key: str, where: str) -> None:
-    """`bounds` (low, high, inclusive): low <= value (low < value if not inclusive), and
-    value < high (value <= high if not inclusive; None: no upper bound). Floats must be
-    finite."""
+    """`bounds` (low, high, low_inclusive, high_inclusive): low <= value (low < value if
+    not low_inclusive), and value <= high (value < high if not high_inclusive; high None: no
+    upper bound). Floats must be finite."""
     if value is None:
         return
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
     if bounds is None:
         return
-    low, high, inclusive = bounds
-    ok_low = value >= low if inclusive else value > low
-    ok_high = high is None or (value < high if inclusive else value <= high)
+    low, high, low_inclusive, high_inclusive = bounds
+    ok_low = value >= low if low_inclusive else value > low
+    ok_high = high is None or (value <= high if high_inclusive else value < high)
     if not (ok_low and ok_high):
         if high is None:
-            allowed = f">= {low}" if inclusive else f"> {low}"
+            allowed = f">= {low}" if low_inclusive else f"> {low}"
         else:
-            allowed = f"in [{low}, {high})" if inclusive else f"in ({low}, {high}]"
+            allowed = (f"in {'[' if low_inclusive else '('}{low:,}, {high:,}"
+                       f"{']' if high_inclusive else ')'}")
         raise ConfigError(f"{where}: {key} must be {allowed}, got {value!r}")
 
 
@@ -227,11 +299,16 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
             return None
         (inner,) = [o for o in options if o is not type(None)]
         return _check(value, inner, key, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_check(v, inner, key, where) for v in value]
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
             raise ConfigError(
-                f"{where}: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+                f"{where}: {key} must be one of {', '.join(map(str, allowed))}, got {shown(value)}"
             )
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -239,5 +316,5 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
     if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
-        raise ConfigError(f"{where}: {key} must be {hint.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: {key} must be {hint.__name__}, got {shown(value)}")
     return value

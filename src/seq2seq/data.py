@@ -4,10 +4,11 @@ reading order (`SourceOrder`: as written, or reversed by words or by pieces), an
 
 A data directory made by `seq2seq.prepare.prepare` holds::
 
-    meta.json                    format, tokenizer settings, max_len, counts
+    meta.json                    format and version, tokenizer settings, max_len, counts
     vocab.src  vocab.tgt         one token per line, ids 0-3 are the specials
     {split}.{side}.ids           int32 token ids of all sentences, back to back
     {split}.{side}.offsets       int64, n + 1 offsets: sentence i is ids[off[i]:off[i+1]]
+    valid.{side}.txt             the validation text as given to prepare (validation BLEU)
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seq2seq.config import BatchingConfig
-from seq2seq.errors import DataError
-from seq2seq.text import Tokenizer
+from seq2seq.errors import DataError, shown
+from seq2seq.text import Tokenizer, read_pairs
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
 DATA_FORMAT = "seq2seq-data"  # meta.json's "format"
 DATA_FORMAT_VERSION = 1
+DATA_READS = (1,)  # the meta.json versions DataDir reads
 
 
 # --------------------------------------------------------------------------- reading
@@ -68,8 +71,21 @@ class DataDir:
                             "`seq2seq prepare` first)") from None
         except (OSError, ValueError) as err:
             raise DataError(f"{meta_path}: unreadable: {err}") from None
-        if self.meta.get("format") != DATA_FORMAT:
+        if not isinstance(self.meta, dict) or self.meta.get("format") != DATA_FORMAT:
             raise DataError(f"{meta_path}: not a seq2seq data directory")
+        version = self.meta.get("version")
+        if type(version) is not int or version not in DATA_READS:
+            raise DataError(f"{meta_path}: data format version {shown(version)}; this seq2seq "
+                            f"reads version {', '.join(map(str, DATA_READS))} (prepare it again "
+                            "with this seq2seq)")
+        tokenizer = self.meta.get("tokenizer")
+        if not isinstance(tokenizer, dict) or \
+                not all(isinstance(tokenizer.get(side), dict) for side in ("src", "tgt")):
+            raise DataError(f"{meta_path}: lacks the tokenizer settings (tokenizer.src and "
+                            "tokenizer.tgt); prepare the data again")
+        max_len = self.meta.get("max_len")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise DataError(f"{meta_path}: max_len must be an integer >= 1")
         self.src_vocab = Vocabulary.load(self.path / "vocab.src")
         self.tgt_vocab = Vocabulary.load(self.path / "vocab.tgt")
         self.max_len: int = self.meta["max_len"]
@@ -83,6 +99,20 @@ class DataDir:
     def source_order(self, reverse: str) -> SourceOrder:
         """The reading order `reverse` (one of REVERSALS) for this data's sources."""
         return SourceOrder.of(reverse, self.src_vocab.words, self.meta["tokenizer"]["src"]["kind"])
+
+    def valid_text(self, n: int) -> tuple[list[str], list[str]]:
+        """The first `n` validation pairs as raw text, (sources, references), as `prepare`
+        was given them (not the ids: their <unk>s would match the model's). Data
+        directories made before these copies were kept read the files meta.json names."""
+        paths = [self.path / f"valid.{side}.txt" for side in ("src", "tgt")]
+        if not all(p.is_file() for p in paths):
+            paths = [Path(p) for p in self.meta.get("sources", {}).get("valid", [])]
+        if len(paths) != 2 or not all(p.is_file() for p in paths):
+            raise DataError(f"{self.path}: holds no validation text for validation BLEU, and "
+                            f"the files meta.json names are not there ({paths}); run "
+                            "`seq2seq prepare` again")
+        pairs = list(islice(read_pairs(*paths), n))
+        return [s for s, _ in pairs], [t for _, t in pairs]
 
     def split(self, name: str) -> ParallelCorpus:
         return ParallelCorpus(self.path / f"{name}.src", self.path / f"{name}.tgt")

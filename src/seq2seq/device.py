@@ -14,6 +14,8 @@
   `Translator` changes nothing process-wide.
 - `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS
   (the trainer does it every `train.trim_every` updates).
+- `peak_rss_mb()`: this process's peak resident memory, for the training log and the
+  benchmarks.
 """
 
 from __future__ import annotations
@@ -151,7 +153,7 @@ def dist_backend(device: torch.device) -> str:
 # oneDNN compiles and caches a kernel per LSTM input shape, and batches come in many shapes.
 # Training kernels hold large scratch buffers, so a small cache bounds training memory;
 # decoding makes a new shape at every live-row count, and its kernels are small. The
-# measurements behind both sizes: bench/RESULTS.md, History.
+# measurements behind both sizes: bench/LOG.md, History.
 KERNEL_CACHE = {"train": 16, "decode": 64}
 KERNEL_CACHE_ENV = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
 USER_KERNEL_CACHE = KERNEL_CACHE_ENV in os.environ
@@ -213,7 +215,7 @@ def keep_free_memory(device: torch.device) -> bool:
     faults the same pages in again, zeroed by the kernel. Fixed thresholds of 256 MB (mmap)
     and 1 GB (trim) make freed blocks reused instead; the trainer returns the free pages
     every `train.trim_every` updates itself (`release_free_memory`). The gains, in training
-    and decoding: bench/RESULTS.md, History. The same as MALLOC_TRIM_THRESHOLD_=1073741824
+    and decoding: bench/LOG.md, History. The same as MALLOC_TRIM_THRESHOLD_=1073741824
     MALLOC_MMAP_THRESHOLD_=268435456; a user's own MALLOC_TRIM_THRESHOLD_ or
     MALLOC_MMAP_THRESHOLD_ wins. Returns whether it was set; False on CUDA and without glibc.
     """
@@ -233,9 +235,16 @@ def release_free_memory(device: torch.device) -> None:
     Every training batch has its own shape, so its tensors have their own sizes, and the
     heap that `keep_free_memory` lets glibc keep fragments; the trainer trims it every
     `train.trim_every` updates (default 100: the speed and memory of 10, 50, 100 and never
-    are in bench/RESULTS.md, History). It changes no setting. A no-op on CUDA and without
+    are in bench/LOG.md, History). It changes no setting. A no-op on CUDA and without
     glibc.
     """
     trim = _glibc("malloc_trim") if device.type == "cpu" else None
     if trim is not None:
         trim(0)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    import resource  # Unix only: imported where it is used
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

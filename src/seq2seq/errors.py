@@ -3,6 +3,7 @@ server answers 422 with the same message. Warnings (things done otherwise than a
 stopping) go through `logging`, one logger per module."""
 
 import math
+import reprlib
 
 
 class Seq2SeqError(Exception):
@@ -44,6 +45,33 @@ class ArgumentError(Seq2SeqError, ValueError):
         self.argument = argument
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 2, 60, 60, 40
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 4
+
+
+def shown(value) -> str:
+    """`repr(value)`, shortened to about 80 characters, for error messages. Bounded in time
+    too: a value built from shared references (a YAML "billion laughs", a crafted
+    checkpoint's config) can have an astronomically long repr; this one stops two levels
+    down and after four items."""
+    return _SHOWN.repr(value)
+
+
+def check_text(name: str, texts: list[str]) -> None:
+    """ArgumentError naming `name`, the item and the position if a string of `texts` holds
+    a lone surrogate (U+D800..U+DFFF: no Unicode character, not writable as UTF-8), which
+    SentencePiece's C++ code cannot take (pybind11 raises a bare RuntimeError)."""
+    for i, text in enumerate(texts):
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ArgumentError(
+                    f"{name}[{i}] holds an invalid code point U+{ord(text[err.start]):04X} "
+                    f"(a lone surrogate) at character {err.start}", argument=name) from None
+
+
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
                  above: bool = False, why: str = "") -> None:
     """ArgumentError naming `name` unless `value` is a finite number in [low, high] (in
@@ -53,7 +81,7 @@ def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
             value > high:
         bound = f"{'>' if above else '>='} {low:g}" if math.isinf(high) else \
             f"in {'(' if above else '['}{low:g}, {high:g}]"
-        raise ArgumentError(f"{name} must be a finite number {bound}{why}, got {value!r}",
+        raise ArgumentError(f"{name} must be a finite number {bound}{why}, got {shown(value)}",
                             argument=name)
 
 
@@ -63,5 +91,5 @@ def check_integer(name: str, value, low: int, high: int | None = None, why: str 
     if isinstance(value, bool) or not isinstance(value, int) or value < low or \
             (high is not None and value > high):
         allowed = (f"in {low}..{high}" if high is not None else f">= {low}") + why
-        raise ArgumentError(f"{name} must be an integer {allowed}, got {value!r}",
+        raise ArgumentError(f"{name} must be an integer {allowed}, got {shown(value)}",
                             argument=name)

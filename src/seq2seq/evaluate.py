@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sacrebleu
@@ -47,15 +47,17 @@ def perplexity(translator: Translator, sources: Sequence[str], refs: Sequence[st
 def evaluate(
     translator: Translator, sources: Sequence[str], refs: Sequence[str], beam: int = 12,
     batch_size: int = 64, max_len_a: float = 2.0, max_len_b: int = 10,
-    length_penalty: float = 0.0,
+    length_penalty: float = 0.0, progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Translate `sources` and score against `refs`: (metrics, hypotheses)."""
+    """Translate `sources` and score against `refs`: (metrics, hypotheses). `progress` is
+    told of the sentences translated (see `Translator.translate`)."""
     if len(sources) != len(refs):
         raise ValueError(f"{len(sources)} sources but {len(refs)} references")
     start = time.perf_counter()
     hyps = [t.text for t in translator.translate(sources, beam=beam, batch_size=batch_size,
                                                  max_len_a=max_len_a, max_len_b=max_len_b,
-                                                 length_penalty=length_penalty)]
+                                                 length_penalty=length_penalty,
+                                                 progress=progress)]
     elapsed = time.perf_counter() - start
     metrics = {
         "sentences": len(sources), "beam": beam, "length_penalty": length_penalty,

@@ -8,6 +8,8 @@ drawn uniformly from [-0.08, 0.08].
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -121,15 +123,45 @@ class Seq2Seq(nn.Module):
 
     def token_nll(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
-        tgt_out: torch.Tensor,
+        tgt_out: torch.Tensor, block_floats: int = 1 << 22,
     ) -> torch.Tensor:
         """-log p(y_t | y_<t, S) of every target token and </s>: (batch, tgt_len), 0 at padding.
 
-        Summed over a row, it is the sentence's -log p(T|S).
+        Summed over a row, it is the sentence's -log p(T|S). As in training's loss
+        (`chunked_loss`), padding is dropped before the output layer and the log-softmax is
+        taken a chunk of positions at a time, each chunk's block at most `block_floats`
+        (16 MB of float32): never a (batch, tgt_len, vocab) tensor. The output layer is
+        called as a module (`log_probs`), so an int8-quantized one works too.
         """
         hidden, _ = self.decoder(tgt_in, self.encode(src, src_lens))
-        nll = -self.log_probs(hidden).gather(2, tgt_out[..., None]).squeeze(2)
-        return nll.masked_fill(tgt_out == PAD_ID, 0.0)
+        mask = tgt_out != PAD_ID
+        rows, targets = hidden[mask], tgt_out[mask]  # (n, hidden), (n,)
+        chunk = max(1, block_floats // self.decoder.output.out_features)
+        picked = torch.empty(len(rows), dtype=torch.float32, device=rows.device)
+        for s in range(0, len(rows), chunk):
+            logp = self.log_probs(rows[s:s + chunk])  # (chunk, vocab)
+            picked[s:s + chunk] = logp.gather(1, targets[s:s + chunk, None]).squeeze(1)
+        nll = torch.zeros(tgt_out.shape, dtype=torch.float32, device=rows.device)
+        nll[mask] = -picked
+        return nll
+
+
+def parameter_shapes(src_vocab_size: int, tgt_vocab_size: int, cfg: ModelConfig
+                     ) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of `Seq2Seq(src_vocab_size, tgt_vocab_size, cfg)`'s
+    state_dict, without building it: a checkpoint's weights are checked against its config
+    and vocabularies before any model is allocated (`checkpoint.load_bundle`)."""
+    e, h = cfg.embed_dim, cfg.hidden_size
+    shapes = {}
+    for side, vocab in (("encoder", src_vocab_size), ("decoder", tgt_vocab_size)):
+        shapes[f"{side}.embed.weight"] = (vocab, e)
+        for k in range(cfg.num_layers):  # nn.LSTM's names: gates i, f, g, o stacked (4h)
+            shapes[f"{side}.lstm.weight_ih_l{k}"] = (4 * h, e if k == 0 else h)
+            shapes[f"{side}.lstm.weight_hh_l{k}"] = (4 * h, h)
+            shapes[f"{side}.lstm.bias_ih_l{k}"] = shapes[f"{side}.lstm.bias_hh_l{k}"] = (4 * h,)
+    shapes["decoder.output.weight"] = (tgt_vocab_size, h)
+    shapes["decoder.output.bias"] = (tgt_vocab_size,)
+    return shapes
 
 
 def chunked_loss(
@@ -234,11 +266,14 @@ class _ChunkedLoss(torch.autograd.Function):
                 grad_bias.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Parameter counts: total, recurrent (LSTM) of the encoder and decoder, embeddings, output."""
-    enc, dec = model.encoder, model.decoder
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+def count_parameters(model: nn.Module | dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Parameter counts: total, recurrent (LSTM) of the encoder and decoder, embeddings,
+    output; of a model, or of its `parameter_shapes` (`train --dry-run`: nothing built)."""
+    shapes = model if isinstance(model, dict) else \
+        {name: tuple(p.shape) for name, p in model.named_parameters()}
+    n = lambda prefix: sum(math.prod(s) for k, s in shapes.items() if k.startswith(prefix))  # noqa: E731
     return {
-        "total": n(model), "encoder_lstm": n(enc.lstm), "decoder_lstm": n(dec.lstm),
-        "src_embed": n(enc.embed), "tgt_embed": n(dec.embed), "output": n(dec.output),
+        "total": n(""), "encoder_lstm": n("encoder.lstm."), "decoder_lstm": n("decoder.lstm."),
+        "src_embed": n("encoder.embed."), "tgt_embed": n("decoder.embed."),
+        "output": n("decoder.output."),
     }

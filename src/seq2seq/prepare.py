@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import islice
@@ -40,7 +40,10 @@ DATA_FILES = frozenset({
     "meta.json", *(f"vocab.{side}" for side in SIDES), *(f"spm.{side}.model" for side in SIDES),
     *(f"{split}.{side}.{ext}" for split in ("train", "valid") for side in SIDES
       for ext in ("ids", "offsets")),
+    *(f"valid.{side}.txt" for side in SIDES),
 })
+
+Progress = Callable[[int], None]  # told how many more items are done
 
 
 @dataclass
@@ -89,9 +92,16 @@ def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[
 
 def _tokenized_chunks(
     src_path: Path, tgt_path: Path, tokenizers: tuple[Tokenizer, Tokenizer], max_len: int,
-    workers: int,
+    workers: int, progress: Progress,
 ) -> Iterator[tuple[list[tuple[list[str], list[str]]], PrepareStats]]:
-    """Tokenized, filtered chunks of a parallel corpus, in order; `workers` processes."""
+    """Tokenized, filtered chunks of a parallel corpus, in order; `workers` processes.
+    `progress` is called with the number of pairs of each chunk."""
+    for kept, stats in _tokenize_in_order(src_path, tgt_path, tokenizers, max_len, workers):
+        progress(stats.pairs)
+        yield kept, stats
+
+
+def _tokenize_in_order(src_path, tgt_path, tokenizers, max_len, workers):
     settings = (tokenizers[0].to_dict(), tokenizers[1].to_dict())
     jobs = ((chunk, max_len) for chunk in _chunks(read_pairs(src_path, tgt_path), CHUNK_LINES))
     if workers <= 1:
@@ -140,9 +150,12 @@ def prepare(
     out: str | Path, *, src_vocab: int = 160_000, tgt_vocab: int = 80_000,
     tokenizer: str = "moses", lowercase: bool = False, max_len: int = 50,
     src_lang: str | None = None, tgt_lang: str | None = None, workers: int = 1,
-    force: bool = False,
+    force: bool = False, progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Tokenize, build vocabularies and binarize a parallel corpus into the directory `out`.
+
+    `progress`, if given, is called with the number of pairs of each chunk tokenized
+    (training pairs, then validation pairs), e.g. a tqdm bar's `update`.
 
     The directory appears only when everything succeeded (it is built under a new temporary
     name and renamed). An existing `out` is replaced only with `force`, and only if it holds
@@ -173,15 +186,19 @@ def prepare(
             tokenizer, lowercase, (src_lang, tgt_lang), (train_src, train_tgt),
             (src_vocab, tgt_vocab),
         )
+        progress = progress or (lambda pairs: None)
         train_stats, vocabs = _prepare_train(
             Path(train_src), Path(train_tgt), tmp, tokenizers, (src_vocab, tgt_vocab),
-            max_len, workers,
+            max_len, workers, progress,
         )
         valid_stats = _binarize(
-            Path(valid_src), Path(valid_tgt), tmp / "valid", tokenizers, vocabs, max_len, workers
+            Path(valid_src), Path(valid_tgt), tmp / "valid", tokenizers, vocabs, max_len,
+            workers, progress,
         )
         if valid_stats.kept == 0:
             raise DataError(f"{valid_src}: no validation pairs left (empty, or all too long)")
+        for side, path in zip(SIDES, (valid_src, valid_tgt)):
+            _copy_text(path, tmp / f"valid.{side}.txt")
         meta = {
             "format": DATA_FORMAT, "version": DATA_FORMAT_VERSION, "max_len": max_len,
             "tokenizer": {"src": tokenizers[0].to_dict(), "tgt": tokenizers[1].to_dict()},
@@ -221,6 +238,12 @@ def _replaceable(out: Path, inputs: tuple) -> Path:
         out = target
     _check_replaceable(out, inputs)
     return out
+
+
+def _copy_text(path: str | Path, copy: Path) -> None:
+    """The lines of `path` as they are, in plain UTF-8 (validation BLEU reads them)."""
+    with open(copy, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in read_lines(path))
 
 
 def _check_replaceable(out: Path, inputs: tuple) -> None:
@@ -299,13 +322,14 @@ def _make_tokenizers(kind, lowercase, langs, train_files, sizes) -> tuple[Tokeni
     return tuple(Tokenizer(kind, lang, lowercase, m) for lang, m in zip(langs, models))
 
 
-def _prepare_train(src, tgt, tmp, tokenizers, sizes, max_len, workers):
+def _prepare_train(src, tgt, tmp, tokenizers, sizes, max_len, workers, progress):
     """Pass 1: tokenize, count and spool tokens; pass 2: binarize with the vocabularies."""
     counts = (Counter(), Counter())
     stats = PrepareStats()
     spool_path = tmp / "train.tok"
     with open(spool_path, "w", encoding="utf-8") as spool:
-        for kept, chunk_stats in _tokenized_chunks(src, tgt, tokenizers, max_len, workers):
+        for kept, chunk_stats in _tokenized_chunks(src, tgt, tokenizers, max_len, workers,
+                                                   progress):
             stats.add(chunk_stats)
             for s, t in kept:
                 counts[0].update(s)
@@ -333,10 +357,12 @@ def _prepare_train(src, tgt, tmp, tokenizers, sizes, max_len, workers):
     return stats, vocabs
 
 
-def _binarize(src, tgt, prefix, tokenizers, vocabs, max_len, workers) -> PrepareStats:
+def _binarize(src, tgt, prefix, tokenizers, vocabs, max_len, workers, progress
+              ) -> PrepareStats:
     stats = PrepareStats()
     writers = [_IdWriter(Path(f"{prefix}.{side}")) for side in SIDES]
-    for kept, chunk_stats in _tokenized_chunks(src, tgt, tokenizers, max_len, workers):
+    for kept, chunk_stats in _tokenized_chunks(src, tgt, tokenizers, max_len, workers,
+                                               progress):
         stats.add(chunk_stats)
         for w, vocab, column in zip(writers, vocabs, zip(*kept) if kept else ((), ())):
             w.write([vocab.encode(tokens) for tokens in column])

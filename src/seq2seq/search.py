@@ -29,6 +29,9 @@ class Hypothesis:
 
 MAX_BEAM = 256  # wider beams cost time and memory without changing the best hypothesis
 MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
+# Output length limits: 100 x the source + 10,000 tokens is beyond any translation, and
+# keeps the limit an integer a tensor can hold (1e300 x a length is not)
+MAX_LEN_A, MAX_LEN_B = 100.0, 10_000
 
 
 def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
@@ -39,8 +42,8 @@ def check_decoding(beam: int = 12, nbest: int = 1, batch_size: int = 64,
     check_integer("beam", beam, 1, MAX_BEAM)
     check_integer("nbest", nbest, 1, beam, " (at most beam)")
     check_integer("batch_size", batch_size, 1)
-    check_integer("max_len_b", max_len_b, 0)
-    check_number("max_len_a", max_len_a)
+    check_integer("max_len_b", max_len_b, 0, MAX_LEN_B)
+    check_number("max_len_a", max_len_a, 0.0, MAX_LEN_A)
     check_number("length_penalty", length_penalty, 0.0, MAX_LENGTH_PENALTY)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import math
 from collections import deque
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -31,13 +33,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from seq2seq.errors import ArgumentError, check_integer, check_number
+from seq2seq.errors import ArgumentError, check_integer, check_number, check_text
 from seq2seq.search import MAX_BEAM, MAX_LENGTH_PENALTY, check_decoding
 from seq2seq.translator import Translation, Translator
 
 DECODE_BATCH = 64  # sentences per model call; abandoned requests are dropped between calls
 DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is there
 LINGER_S = 2.0  # how long the rest of a refused body is read and dropped before closing
+LOCAL_HOSTS = ("localhost",)  # Host names always served (IP addresses are, too)
 
 
 # The `seq2seq serve` option of each field, named in the field's error message.
@@ -45,7 +48,8 @@ FLAGS = {"max_body_bytes": "--max-body-bytes", "max_sentences": "--max-sentences
          "max_chars": "--max-chars", "max_beam": "--max-beam",
          "max_connections": "--max-connections", "max_queued_sentences": "--max-queue",
          "max_cost": "--max-cost", "header_timeout_s": "--header-timeout",
-         "body_timeout_s": "--body-timeout", "port": "--port"}
+         "body_timeout_s": "--body-timeout", "port": "--port",
+         "allowed_hosts": "--allowed-hosts"}
 
 
 def _flag(name: str) -> str:
@@ -72,19 +76,31 @@ class Guard:
     """What keeps one client from starving the others: connection and time limits, a
     bounded queue, and a bound on the work one request may ask for."""
 
-    max_connections: int = 512  # open at once; more are closed on arrival
+    # open at once; when full, the oldest idle one (waiting for a request head) is closed
+    # to admit a new one; if none is idle, the new one is closed on arrival
+    max_connections: int = 512
     header_timeout_s: float = 10.0  # to send a request's headers (also idle keep-alive)
     body_timeout_s: float = 30.0  # between two chunks of a request body
     max_queued_sentences: int = 2048  # waiting to be translated; beyond: 503, Retry-After
-    # beam x output length budget (2 x source tokens + 10), summed over a request's
-    # sentences: about the decoder steps x hypotheses one request may cost
+    # The model steps one request may cost, summed over its sentences: a translation's
+    # beam x output length budget (2 x source tokens + 10), about its decoder steps x
+    # hypotheses; a scored pair's source tokens + target tokens + 1 (the steps of its
+    # teacher-forced reading, each a softmax row as a hypothesis step is)
     max_cost: int = 1_000_000
+    # Host header names served besides localhost and IP addresses ("*": any). Others get
+    # 400: a web page whose name was rebound to this address cannot read the API.
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_queued_sentences", "max_cost"):
             check_integer(name, getattr(self, name), 1, why=_flag(name))
         for name in ("header_timeout_s", "body_timeout_s"):
             check_number(name, getattr(self, name), above=True, why=_flag(name))
+        if isinstance(self.allowed_hosts, str) or \
+                not all(isinstance(h, str) and h for h in self.allowed_hosts):
+            raise ArgumentError("allowed_hosts must be a list of host names"
+                                f"{_flag('allowed_hosts')}", argument="allowed_hosts")
+        self.allowed_hosts = tuple(h.lower() for h in self.allowed_hosts)
 
 
 @dataclass
@@ -108,7 +124,8 @@ class Batching:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a number must be a JSON number (not true, not "4"), an integer an integer
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TranslateRequest(_Strict):
@@ -422,6 +439,39 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class HostCheck:
+    """ASGI middleware: 400 unless the request's Host is an IP address, localhost, or one of
+    `allowed` ("*": any). A page on another site whose name an attacker re-points at this
+    address (DNS rebinding) sends its own name as Host, and is refused."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: tuple[str, ...] = ()):
+        self.app, self.allowed = app, set(LOCAL_HOSTS) | set(allowed)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and not self.allows(dict(scope["headers"]).get(b"host")):
+            body = json.dumps({"detail": "this Host is not served (--allowed-hosts)"}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"connection", b"close")]})
+            return await send({"type": "http.response.body", "body": body})
+        await self.app(scope, receive, send)
+
+    def allows(self, header: bytes | None) -> bool:
+        if "*" in self.allowed:
+            return True
+        host = (header or b"").decode("latin-1").strip().lower()
+        if host.startswith("["):  # [IPv6]:port
+            host = host[1:].partition("]")[0]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return host.rstrip(".") in self.allowed
+
+
 def _refuse(field_name: str, msg: str, kind: str, loc: tuple = ()) -> HTTPException:
     """A 422 shaped like FastAPI's own validation errors, naming the field and the limit."""
     return HTTPException(422, [{"loc": ["body", field_name, *loc], "msg": msg, "type": kind}])
@@ -436,6 +486,17 @@ def check_sentences(sentences: list[str], field_name: str, limits: Limits) -> No
         if len(sentence) > limits.max_chars:
             raise _refuse(field_name, f"sentence {i} has {len(sentence)} characters; at most "
                           f"{limits.max_chars} (--max-chars)", "too_long", (i,))
+    try:
+        check_text(field_name, sentences)
+    except ArgumentError as err:
+        raise _refuse(field_name, str(err), "invalid_text") from None
+
+
+def check_cost(cost: int, guard: Guard, how: str, field_name: str) -> None:
+    """Raise a 422 naming --max-cost if `cost` (computed as `how` says) is over it."""
+    if cost > guard.max_cost:
+        raise _refuse(field_name, f"request cost {cost:,} is over the limit of {guard.max_cost:,} "
+                      f"({how}; --max-cost): send less", "too_costly")
 
 
 def check_request_decoding(req: TranslateRequest, limits: Limits) -> None:
@@ -472,9 +533,11 @@ def create_app(translator: Translator, limits: Limits | None = None,
                   description="Deep-LSTM translation (Sutskever et al., 2014).")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes,
                        body_timeout_s=guard.body_timeout_s)
+    app.add_middleware(HostCheck, allowed=guard.allowed_hosts)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
-    _add_routes(app, batcher, limits, guard, model_names or [])
+    # file names only: /health must not tell a page that can reach it where files are
+    _add_routes(app, batcher, limits, guard, [Path(m).name for m in model_names or []])
     app.state.guard = guard
     return app
 
@@ -489,11 +552,8 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
         check_request_decoding(req, limits)
         cost = req.beam * sum(2 * len(translator.src_tokenizer.tokenize(s)) + 10
                               for s in req.sentences)
-        if cost > guard.max_cost:
-            raise _refuse("sentences", f"request cost {cost:,} is over the limit of "
-                          f"{guard.max_cost:,} (beam x (2 x source tokens + 10), summed over "
-                          "the sentences; --max-cost): send fewer sentences or a smaller beam",
-                          "too_costly")
+        check_cost(cost, guard, "beam x (2 x source tokens + 10), summed over the sentences",
+                   "sentences")
         try:
             results = await batcher.translate(req.sentences, req.beam, req.nbest,
                                               req.length_penalty, request.is_disconnected)
@@ -511,6 +571,11 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
         if len(req.sources) != len(req.targets):
             raise _refuse("targets", f"{len(req.targets)} targets for {len(req.sources)} "
                           "sources; they must pair up", "length_mismatch")
+        cost = sum(len(translator.src_tokenizer.tokenize(s)) +
+                   len(translator.tgt_tokenizer.tokenize(t)) + 1
+                   for s, t in zip(req.sources, req.targets))
+        check_cost(cost, guard, "source tokens + target tokens + 1, summed over the pairs",
+                   "targets")
         try:
             scores = await batcher.score(req.sources, req.targets, request.is_disconnected)
         except ClientGone:
@@ -538,8 +603,9 @@ def _translation_out(t: Translation) -> TranslationOut:
 
 
 async def _invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
-    """422 naming the field. Inputs that JSON cannot carry back (NaN, Infinity, 1e400) are
-    echoed as text; FastAPI's own handler would fail on them with a 500."""
+    """422 naming the field. Inputs that JSON cannot carry back (NaN, Infinity, 1e400, a
+    lone surrogate) are echoed as text; FastAPI's own handler would fail on them with a
+    500."""
     detail = [{k: _json_safe(v) for k, v in e.items() if k in ("loc", "msg", "type", "input")}
               for e in err.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
@@ -552,15 +618,17 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str):  # a lone surrogate cannot be written as UTF-8: escaped
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, int | float | bool):
         return value
-    return str(value)
+    return _json_safe(str(value))
 
 
 async def _internal_error(_: Request, err: Exception) -> JSONResponse:
-    """Any unexpected error: 500 with a JSON body; the server keeps serving."""
-    return JSONResponse({"detail": f"internal error: {type(err).__name__}: {err}"[:500]},
-                        status_code=500)
+    """Any unexpected error: 500 with a generic JSON body (the error's text stays in the
+    server's log, where uvicorn writes the traceback); the server keeps serving."""
+    return JSONResponse({"detail": "internal error (see the server's log)"}, status_code=500)
 
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
@@ -594,25 +662,40 @@ def uvicorn_config(app: FastAPI, **kwargs):
 
 @functools.cache
 def _guarded_protocol():
-    """uvicorn's h11 protocol, plus: connections beyond `max_connections` are closed on
-    arrival, one that has not sent a whole request head within `header_timeout_s` of
-    connecting (or of its last response) is closed (slow or partial headers), and one
-    closed with its request body still arriving lingers (see `_Lingering`)."""
+    """uvicorn's h11 protocol, plus: at `max_connections` a new connection takes the place
+    of the one that has waited longest for a request head (idle after its last response,
+    or slow to send its head), or is closed on arrival if every one has a request under
+    way, so idle sockets cannot lock out clients that send requests; one that has not sent
+    a whole request head within `header_timeout_s` of connecting (or of its last response)
+    is closed (slow or partial headers); and one closed with its request body still
+    arriving lingers (see `_Lingering`)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Guarded(H11Protocol):
         max_connections = Guard.max_connections
         header_timeout_s = Guard.header_timeout_s
-        _head_timer: asyncio.TimerHandle | None = None
+        _head_timer: asyncio.TimerHandle | None = None  # set while waiting for a head
+        _waiting_since = 0.0
 
         def connection_made(self, transport) -> None:
-            if len(self.connections) >= self.max_connections:
+            if len(self.connections) >= self.max_connections and not self._close_longest_idle():
                 transport.close()
                 self.transport = None
                 return
             super().connection_made(_Lingering(transport, self))
             self._arm()
+
+        def _close_longest_idle(self) -> bool:
+            """Close the connection that has waited longest for a request head; False if
+            every connection has a request under way."""
+            idle = [c for c in self.connections if getattr(c, "_head_timer", None)]
+            if not idle:
+                return False
+            longest = min(idle, key=lambda c: c._waiting_since)
+            longest._disarm()
+            longest.transport.close()
+            return True
 
         def connection_lost(self, exc) -> None:
             if self.transport is None:  # refused on arrival
@@ -634,6 +717,7 @@ def _guarded_protocol():
 
         def _arm(self) -> None:
             self._disarm()
+            self._waiting_since = self.loop.time()
             self._head_timer = self.loop.call_later(self.header_timeout_s, self._too_slow)
 
         def _disarm(self) -> None:

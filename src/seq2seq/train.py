@@ -5,8 +5,14 @@ gradient by its batch of 128 sentences); the gradient is rescaled to `clip_norm`
 L2 norm is larger. Learning rate: `lr` until `decay_start` epochs, then multiplied by
 `decay_factor` every `decay_every` epochs.
 
+Each validation measures perplexity and, with `train.valid_metrics: [ppl, bleu]`, BLEU of
+greedy (or small-beam) translations, as `seq2seq evaluate` computes it. `best.pt` is the best
+validation by `train.best_metric`; `train.patience` stops the run after that many
+validations without a new best; `train.keep_last` / `keep_best` keep numbered checkpoints.
+
 Re-running the same command on the same run directory resumes from `last.pt`: model,
-optimizer, schedule, data position and RNG, so the result equals an uninterrupted run.
+optimizer, schedule, data position, RNG and the best so far, so the result equals an
+uninterrupted run.
 Under `torchrun`, each global batch is split over the ranks and DistributedDataParallel
 averages the gradients; only rank 0 writes files.
 """
@@ -21,7 +27,7 @@ import random
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +41,12 @@ from seq2seq.checkpoint import (
     check_resumable,
     load_checkpoint,
     model_bundle,
+    numbered_checkpoints,
+    numbered_path,
     save_checkpoint,
     training_checkpoint,
 )
-from seq2seq.config import Config, OptimConfig
+from seq2seq.config import Config, OptimConfig, TrainConfig
 from seq2seq.data import Batch, BatchStream, DataDir, collate, make_batches
 from seq2seq.device import (
     NO_BF16,
@@ -46,12 +54,16 @@ from seq2seq.device import (
     check_precision,
     dist_backend,
     grad_scaler,
+    peak_rss_mb,
     release_free_memory,
     resolve_device,
 )
-from seq2seq.errors import InUse, Seq2SeqError, TrainingStopped
+from seq2seq.errors import ArgumentError, ConfigError, InUse, Seq2SeqError, TrainingStopped
+from seq2seq.evaluate import bleu_chrf
 from seq2seq.files import atomic_file, exclusive_lock, make_folder, temp_files
 from seq2seq.model import Seq2Seq, count_parameters
+from seq2seq.search import check_decoding
+from seq2seq.translator import Translator
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +135,14 @@ class Trainer:
         self.skipped = 0  # batches skipped for a non-finite loss (train.nonfinite=skip)
         self._saved_step: int | None = None  # the step of the last last.pt written
         self.best_valid_ppl = float("inf")
+        self.selection = Selection(cfg.train)
+        self.ema = None if cfg.train.ema is None else WeightAverage(self.model, cfg.train.ema)
+        self.bleu_text = None
+        if "bleu" in cfg.train.valid_metrics:
+            _check_valid_beam(cfg.train.valid_beam)
+            self.bleu_text = self.data.valid_text(cfg.train.valid_bleu_sentences)
+        self._summary_writer = _summary_writer_class(cfg.train.tensorboard)
+        self.scalars = None  # TensorBoard's writer, on rank 0, once the run has started
         # Wall seconds of training so far, across resumptions (time lost to a kill after
         # the last checkpoint is not counted: it is the time of an uninterrupted run).
         self._seconds_before = 0.0
@@ -188,9 +208,15 @@ class Trainer:
             log.info(f"model: {n['total']:,} parameters ({n['encoder_lstm']:,} encoder "
                      f"LSTM, {n['decoder_lstm']:,} decoder LSTM); device {self.device}; "
                      f"{len(self.stream.corpus):,} training pairs; world size {self.world}")
+        if self.rank == 0 and self._summary_writer:
+            # purge_step: TensorBoard hides what an interrupted run wrote after last.pt
+            self.scalars = self._summary_writer(self.run_dir / "tb",
+                                                purge_step=self.step or None)
         self._clock = time.perf_counter()
 
     def _finished(self) -> bool:
+        if self.selection.stop_reason():
+            return True
         if self.cfg.optim.max_steps is not None:
             return self.step >= self.cfg.optim.max_steps
         return self.stream.epoch >= self.cfg.optim.epochs
@@ -216,7 +242,7 @@ class Trainer:
         if self.step % cfg.train.valid_every == 0:
             last_valid = self._validate_and_save()
         elif self.step % (cfg.train.checkpoint_every or cfg.train.valid_every) == 0:
-            self.save("last.pt")
+            self._save_last()
         return last_valid
 
     def _finish(self, last_valid: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +252,8 @@ class Trainer:
             last_valid = self._logged_validation(self.step)
         if not last_valid or last_valid.get("step") != self.step:
             last_valid = self._validate_and_save()
+        if self.scalars:
+            self.scalars.close()
         return last_valid
 
     def _stop_requested(self, signum: int | None) -> bool:
@@ -313,6 +341,8 @@ class Trainer:
         """The optimizer's step on the gradients; counts the update."""
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update()
         self.step += 1
         if self.cfg.train.trim_every and self.step % self.cfg.train.trim_every == 0:
             release_free_memory(self.device)  # see there: glibc's heap fragments
@@ -363,6 +393,26 @@ class Trainer:
         return {"valid_nll": total_nll / total_tokens,
                 "valid_ppl": math.exp(min(total_nll / total_tokens, 50.0))}
 
+    @torch.inference_mode()
+    def validate_bleu(self) -> dict[str, float]:
+        """sacreBLEU of the first train.valid_bleu_sentences validation pairs, translated
+        with beam train.valid_beam as `seq2seq evaluate` translates (its defaults
+        otherwise; fp32), and the seconds it took. Rank 0 translates; the others get its
+        score, so that all agree on the best and on stopping."""
+        start = time.perf_counter()
+        bleu = [math.nan]
+        if self.rank == 0:
+            self.model.eval()
+            sources, refs = self.bleu_text
+            translator = Translator([self.model], self.data.src_vocab, self.data.tgt_vocab,
+                                    self.data.tokenizer("src"), self.data.tokenizer("tgt"),
+                                    self.data.max_len)
+            hyps = translator.translate(sources, beam=self.cfg.train.valid_beam)
+            bleu = [bleu_chrf([h.text for h in hyps], refs)["bleu"]]
+        if self.world > 1:
+            dist.broadcast_object_list(bleu, src=0)
+        return {"valid_bleu": bleu[0], "valid_bleu_s": round(time.perf_counter() - start, 2)}
+
     def _valid_batches(self) -> list[np.ndarray]:
         s = self.valid_set
         b = self.cfg.batching
@@ -370,23 +420,45 @@ class Trainer:
                             max_tokens=b.max_tokens, pool_batches=10**9, seed=0, epoch=0)
 
     def _validate_and_save(self) -> dict[str, Any]:
-        record = {"step": self.step, "epoch": round(self.stream.epoch, 4), **self.validate(),
-                  "peak_rss_mb": round(_peak_rss_mb()), "elapsed_s": round(self.elapsed(), 1)}
+        """Validate; save best.pt if it is the best, best-N.pt if among the keep_best best,
+        then last.pt (and step-N.pt); log it, with the reason if the run stops early."""
+        with self._averaged():
+            record = self._validation()
+            improved, kept, dropped = self.selection.add(record)
+            self.best_valid_ppl = min(self.best_valid_ppl, record["valid_ppl"])
+            if improved:
+                self.save("best.pt", training=False)
+            if kept:
+                self.save(numbered_path(self.run_dir, "best", self.step).name, training=False)
+        self._save_last()
+        self._remove([numbered_path(self.run_dir, "best", step) for step in dropped])
+        record["best"] = improved
+        if reason := self.selection.stop_reason():
+            record["early_stop"] = reason
+        self._write_metrics(record)
+        bleu = f" | valid BLEU {record['valid_bleu']:.2f}" if "valid_bleu" in record else ""
+        log.info(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
+                 f"{record['valid_ppl']:.2f}{bleu}" + (" (best)" if improved else "")
+                 + f" | peak RSS {record['peak_rss_mb']:,} MB")
+        if reason:
+            log.info(reason)
+        return record
+
+    def _averaged(self):
+        """With train.ema, a block in which the model holds the average of its weights."""
+        return self.ema.swapped_in() if self.ema else nullcontext()
+
+    def _validation(self) -> dict[str, Any]:
+        """The validation record of this step (the metrics of train.valid_metrics)."""
+        record = {"step": self.step, "epoch": round(self.stream.epoch, 4), **self.validate()}
         if not math.isfinite(record["valid_nll"]):
             raise TrainingStopped(
                 f"step {self.step}: validation loss {record['valid_nll']} (not finite); "
                 "nothing saved at this step. Lower optim.lr", exit_code=1)
-        improved = record["valid_ppl"] < self.best_valid_ppl
-        if improved:
-            self.best_valid_ppl = record["valid_ppl"]
-            self.save("best.pt", training=False)
-        self.save("last.pt")
-        record["best"] = improved
-        self._write_metrics(record)
-        log.info(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
-                 f"{record['valid_ppl']:.2f}" + (" (best)" if improved else "")
-                 + f" | peak RSS {record['peak_rss_mb']:,} MB")
-        return record
+        if self.bleu_text is not None:
+            record.update(self.validate_bleu())
+        return {**record, "peak_rss_mb": round(peak_rss_mb()),
+                "elapsed_s": round(self.elapsed(), 1)}
 
     def elapsed(self) -> float:
         """Wall seconds spent training this run so far, resumptions included."""
@@ -401,11 +473,28 @@ class Trainer:
             state = training_checkpoint(
                 state, optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                 data_stream=self.stream.state_dict(), rng=self._rng_states(),
-                elapsed=self.elapsed())
+                elapsed=self.elapsed(), selection=self.selection.state_dict(),
+                ema=self.ema.state_dict() if self.ema else None)
         if self.rank == 0:
             save_checkpoint(state, self.run_dir / name)
         if training:
             self._saved_step = self.step
+
+    def _save_last(self) -> None:
+        """last.pt; with train.keep_last, also step-N.pt, and then the oldest beyond
+        keep_last removed (only once the new one is written)."""
+        self.save("last.pt")
+        keep = self.cfg.train.keep_last
+        if keep:
+            with self._averaged():
+                self.save(numbered_path(self.run_dir, "step", self.step).name,
+                          training=False)
+            self._remove(numbered_checkpoints(self.run_dir, "step")[:-keep])
+
+    def _remove(self, paths: list[Path]) -> None:
+        if self.rank == 0:
+            for path in paths:
+                path.unlink(missing_ok=True)
 
     def _resume(self, last: Path) -> None:
         """Continue from the training checkpoint `last`: weights, optimizer, data position,
@@ -418,6 +507,9 @@ class Trainer:
         self.stream.load_state_dict(state["data_stream"])
         self.step = self._saved_step = state["step"]
         self.best_valid_ppl = state["best_valid_ppl"]
+        self.selection.load_state_dict(state["selection"])
+        if self.ema:
+            self.ema.load_state_dict(state["ema"])
         self._seconds_before = float(state["elapsed"])
         _set_rng_states(state["rng"][self.rank % len(state["rng"])])  # more ranks: reuse
         if self.rank == 0:
@@ -447,9 +539,129 @@ class Trainer:
                      if r.get("step") == step and "valid_ppl" in r), {})
 
     def _write_metrics(self, record: dict[str, Any]) -> None:
-        if self.rank == 0:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        """One line of metrics.jsonl; with train.tensorboard, its numbers as scalars too."""
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.scalars:
+            for name, value in record.items():
+                if name != "step" and isinstance(value, int | float) and \
+                        not isinstance(value, bool):
+                    self.scalars.add_scalar(name, value, record["step"])
+            if "valid_ppl" in record:
+                self.scalars.flush()
+
+
+class Selection:
+    """Which validations are best by train.best_metric (lower perplexity, higher BLEU):
+    the best so far (best.pt), the train.keep_best best (best-N.pt), and how many
+    validations have passed without a new best (train.patience). Its whole state is
+    `state_dict()`, saved in training checkpoints.
+    """
+
+    def __init__(self, train: TrainConfig):
+        self.metric, self.patience, self.keep = train.best_metric, train.patience, train.keep_best
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.since_best = 0  # validations since the best
+        self.kept: list[tuple[float, int]] = []  # (value, step) of each best-N.pt, best first
+
+    def _key(self, value: float, step: int) -> tuple[float, int]:
+        """Sorts the better first; of equal values, the earlier."""
+        return (value if self.metric == "ppl" else -value), step
+
+    def add(self, record: dict[str, Any]) -> tuple[bool, bool, list[int]]:
+        """Count the validation `record`: (whether it is a new best, whether it is among the
+        keep_best best, the steps of the best-N.pt it pushes out)."""
+        value, step = record[f"valid_{self.metric}"], record["step"]
+        improved = self.best is None or self._key(value, 0) < self._key(self.best, 0)
+        if improved:
+            self.best, self.best_step, self.since_best = value, step, 0
+        else:
+            self.since_best += 1
+        if not self.keep:
+            return improved, False, []
+        ranked = sorted([*self.kept, (value, step)], key=lambda k: self._key(*k))
+        self.kept = ranked[:self.keep]
+        return improved, (value, step) in self.kept, [s for _, s in ranked[self.keep:]
+                                                      if s != step]
+
+    def stop_reason(self) -> str | None:
+        """Why the run stops early (train.patience validations without a new best), or None."""
+        if not self.patience or self.since_best < self.patience:
+            return None
+        return (f"early stopping: valid {self.metric} not better than {self.best:.4g} (step "
+                f"{self.best_step}) for {self.since_best} validations (train.patience="
+                f"{self.patience})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "since_best": self.since_best,
+                "kept": [list(k) for k in self.kept]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = state["best"], state["best_step"]
+        self.since_best = state["since_best"]
+        self.kept = [tuple(k) for k in state["kept"]]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, in fp32: after each update,
+    average = decay * average + (1 - decay) * weights.
+    `swapped_in()` lends the average to the model for a block (validating, saving)."""
+
+    def __init__(self, model: Seq2Seq, decay: float):
+        self.model, self.decay = model, decay
+        self.weights = {name: p.detach().float().clone()
+                        for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        params = [p.detach().float() for p in self.model.parameters()]
+        torch._foreach_lerp_(list(self.weights.values()), params, 1.0 - self.decay)
+
+    @contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        params = dict(self.model.named_parameters())
+        own = {name: p.detach().clone() for name, p in params.items()}
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(self.weights[name])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(own[name])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.weights)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, w in state.items():
+            self.weights[name].copy_(w)
+
+
+def _check_valid_beam(beam: int) -> None:
+    """ConfigError before training, not at the first validation, for a beam that
+    `seq2seq.search` refuses."""
+    try:
+        check_decoding(beam)
+    except ArgumentError as err:
+        raise ConfigError(f"train.valid_beam: {err}") from None
+
+
+def _summary_writer_class(wanted: bool):
+    """TensorBoard's SummaryWriter class if train.tensorboard asks for it, else None;
+    ConfigError at once if the package is missing."""
+    if not wanted:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("train.tensorboard: true needs the tensorboard package: pip install "
+                          "'seq2seq[tensorboard]' (or pip install tensorboard)") from None
+    return SummaryWriter
 
 
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
@@ -475,13 +687,6 @@ def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer:

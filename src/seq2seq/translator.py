@@ -10,7 +10,7 @@ Several checkpoints make an ensemble; they must share vocabularies and tokenizer
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from seq2seq.device import (
     quantize_int8,
     resolve_device,
 )
-from seq2seq.errors import ArgumentError
+from seq2seq.errors import ArgumentError, check_text
 from seq2seq.model import Seq2Seq
 from seq2seq.search import (
     Ensemble,
@@ -104,20 +104,25 @@ class Translator:
     # ------------------------------------------------------------------ text <-> ids
 
     def source_ids(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
-        """Tokenized, id-mapped sources, cut to the model's max length (with a warning that
-        numbers the input lines from `first_line`)."""
-        out = []
-        for number, line in enumerate(sentences, start=first_line):
-            ids = self.src_vocab.encode(self.src_tokenizer.tokenize(line))
-            if len(ids) > self.max_len:
-                log.warning(f"input line {number}: {len(ids)} tokens, truncated to the "
-                            f"model's limit of {self.max_len}")
-                ids = ids[:self.max_len]
-            out.append(ids)
-        return out
+        """Tokenized, id-mapped sources, cut to the model's max length (with one warning per
+        call that numbers the input lines from `first_line`)."""
+        ids = [self.src_vocab.encode(self.src_tokenizer.tokenize(s)) for s in sentences]
+        return self._cut(ids, "input", first_line)
 
-    def target_ids(self, sentences: Sequence[str]) -> list[list[int]]:
-        return [self.tgt_vocab.encode(self.tgt_tokenizer.tokenize(s)) for s in sentences]
+    def target_ids(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
+        """Tokenized, id-mapped targets, cut to the model's max length as sources are."""
+        ids = [self.tgt_vocab.encode(self.tgt_tokenizer.tokenize(s)) for s in sentences]
+        return self._cut(ids, "target", first_line)
+
+    def _cut(self, ids: list[list[int]], what: str, first_line: int) -> list[list[int]]:
+        """`ids` cut to `max_len` tokens (the longest the model was trained on; it bounds
+        the work per sentence), with one warning for all the lines cut."""
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_len]
+        if long:
+            more = f" ({len(long) - 1} more {what} lines cut too)" if len(long) > 1 else ""
+            log.warning(f"{what} line {first_line + long[0]}: {len(ids[long[0]])} tokens, "
+                        f"truncated to the model's limit of {self.max_len}{more}")
+        return [x[:self.max_len] for x in ids]
 
     def detokenize(self, ids: list[int]) -> str:
         return self.tgt_tokenizer.detokenize(self.tgt_vocab.decode(ids))
@@ -127,7 +132,7 @@ class Translator:
     def translate(
         self, sentences: Sequence[str], beam: int = 12, nbest: int = 1, batch_size: int = 64,
         max_len_a: float = 2.0, max_len_b: int = 10, first_line: int = 1,
-        length_penalty: float = 0.0,
+        length_penalty: float = 0.0, progress: Callable[[int], None] | None = None,
     ) -> list[Translation]:
         """Translate raw sentences; beam 1 is greedy search. Empty inputs give empty outputs.
 
@@ -135,11 +140,15 @@ class Translator:
         (see `seq2seq.search`); 0, the paper's choice, ranks by log-probability. Greedy
         search has nothing to rank, so beam 1 ignores it.
 
-        `first_line` numbers the inputs in warnings (for callers that stream a file).
+        `first_line` numbers the inputs in warnings (for callers that stream a file);
+        `progress`, if given, is called with the number of sentences of each batch done
+        (e.g. a tqdm bar's `update`).
         """
         check_decoding(beam, nbest, batch_size, max_len_a, max_len_b, length_penalty)
         sources = self.source_ids(_sentences(sentences, "sentences"), first_line)
         results: list[Translation] = [Translation("", 0.0, [("", 0.0)])] * len(sources)
+        progress = progress or (lambda sentences: None)
+        progress(sum(not s for s in sources))  # empty ones are done already
         for idx in _length_batches(sources, batch_size):
             batch = [sources[i] for i in idx]
             with self._autocast():
@@ -151,6 +160,7 @@ class Translator:
                                        length_penalty)
             for i, nb in zip(idx, hyps):
                 results[i] = self._translation(nb)
+            progress(len(idx))
         return results
 
     def _autocast(self):
@@ -161,9 +171,10 @@ class Translator:
         return Translation(nbest[0][0], nbest[0][1], nbest)
 
     @torch.inference_mode()
-    def score(self, sources: Sequence[str], targets: Sequence[str],
-              batch_size: int = 64) -> list[float]:
-        """log p(T|S) of each (source, target) pair, target </s> included."""
+    def score(self, sources: Sequence[str], targets: Sequence[str], batch_size: int = 64,
+              progress: Callable[[int], None] | None = None) -> list[float]:
+        """log p(T|S) of each (source, target) pair, target </s> included; `progress` as
+        in `translate`."""
         sources, targets = _sentences(sources, "sources"), _sentences(targets, "targets")
         check_decoding(batch_size=batch_size)
         if len(sources) != len(targets):
@@ -176,6 +187,8 @@ class Translator:
                                                     [tgt_ids[i] for i in idx])
             for i, s in zip(idx, logp.sum(1).tolist()):
                 scores[i] = s
+            if progress:
+                progress(len(idx))
         return scores
 
     @torch.inference_mode()
@@ -206,7 +219,7 @@ class Translator:
 
 def _sentences(value, name: str) -> list[str]:
     """The strings of `value`, any iterable of strings (a list, a generator, a NumPy array of
-    str); one string is refused, not split into characters."""
+    str); one string is refused, not split into characters, and a lone surrogate too."""
     if isinstance(value, str | bytes):
         raise ArgumentError(f"{name} must be a list of strings, not one string "
                             f"(wrap it: [{value[:20]!r}])")
@@ -216,6 +229,7 @@ def _sentences(value, name: str) -> list[str]:
         raise ArgumentError(f"{name} must be a list of strings") from None
     if not all(isinstance(x, str) for x in sentences):
         raise ArgumentError(f"{name} must be a list of strings")
+    check_text(name, sentences)
     return sentences
 
 
