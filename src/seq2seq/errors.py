@@ -5,6 +5,11 @@ stopping) go through `logging`, one logger per module."""
 import math
 import reprlib
 
+# The decoding ranges of `search.check_decoding`, here so that the server's limits (and the
+# CLI's options made from them) can name them without loading torch.
+MAX_BEAM = 256  # wider beams cost time and memory without changing the best hypothesis
+MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
+
 
 class Seq2SeqError(Exception):
     """Bad input from the user: the message names what is wrong and where."""

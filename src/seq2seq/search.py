@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from seq2seq.data import source_batch, target_batch
-from seq2seq.errors import check_integer, check_number
+from seq2seq.errors import MAX_BEAM, MAX_LENGTH_PENALTY, check_integer, check_number
 from seq2seq.model import Seq2Seq, State
 from seq2seq.vocab import BOS_ID, EOS_ID
 
@@ -27,8 +27,6 @@ class Hypothesis:
     score: float  # log p(tokens </s> | source)
 
 
-MAX_BEAM = 256  # wider beams cost time and memory without changing the best hypothesis
-MAX_LENGTH_PENALTY = 10.0  # beyond this every hypothesis runs to the length limit
 # Output length limits: 100 x the source + 10,000 tokens is beyond any translation, and
 # keeps the limit an integer a tensor can hold (1e300 x a length is not)
 MAX_LEN_A, MAX_LEN_B = 100.0, 10_000
