@@ -1,11 +1,13 @@
 """The command line: each bad input gives a one-line error and a non-zero exit."""
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -376,6 +378,35 @@ def test_serve_options_are_checked_by_the_library_with_its_words(capsys, trained
         with pytest.raises(ArgumentError) as raised:
             getattr(serve, cls)(**{field: bad})
         assert str(raised.value) == message
+
+
+def test_every_server_limit_is_a_serve_option_with_its_default_range_and_readme_row(
+        capsys, monkeypatch):
+    from seq2seq.cli import build_parser, limits_from
+    from seq2seq.serve.limits import SETTINGS, allowed_range, shown_default
+
+    monkeypatch.setenv("COLUMNS", "10000")  # no words cut at hyphens
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    # an option's help follows it, on its line or (a long option) on the next
+    section = next(part for part in capsys.readouterr().out.split("\n\n")
+                   if part.startswith("options:"))
+    options = {chunk.split()[0]: " ".join(chunk.split()) for chunk in section.split("\n  -")[1:]}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {cells[0].strip("`"): cells[1:3] for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in readme.splitlines()
+             if line.startswith("| `--"))}
+    args = build_parser().parse_args(["serve", "--model", "m.pt"])
+    flags = set()
+    for settings in SETTINGS:
+        for f in dataclasses.fields(settings):
+            flag, bounds = f.metadata["flag"], allowed_range(f)
+            flags.add(flag)
+            assert options[flag[1:]].endswith(
+                f"(default {shown_default(f)}{'; ' if bounds else ''}{bounds})"), flag
+            assert rows[flag] == [shown_default(f), bounds], flag
+        assert limits_from(args, settings) == settings()  # the options' defaults are its own
+    assert set(rows) == flags
 
 
 def test_train_prints_its_progress_and_validation(capsys, tmp_path, data_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -222,39 +223,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
-                   help="how long a request waits for others to share its batch (default 5)")
-    p.add_argument("--max-batch-sentences", type=int, default=64, metavar="N",
-                   help="sentences decoded together at most (default 64)")
+    _limit_args(p)
     p.add_argument("--no-batching", action="store_true",
                    help="decode each request on its own, without waiting")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000, metavar="N",
-                   help="largest request body (default 1000000)")
-    p.add_argument("--max-sentences", type=int, default=256, metavar="N",
-                   help="sentences per request (default 256)")
-    p.add_argument("--max-chars", type=int, default=1000, metavar="N",
-                   help="characters per sentence (default 1000)")
-    p.add_argument("--max-beam", type=int, default=64, metavar="K",
-                   help="widest beam a request may ask for (default 64)")
-    p.add_argument("--max-cost", type=int, default=1_000_000, metavar="N",
-                   help="beam x (2 x source tokens + 10) summed over a request's sentences; "
-                        "for /score, source + target tokens + 1 summed over the pairs "
-                        "(default 1000000)")
-    p.add_argument("--max-queue", type=int, default=2048, metavar="N",
-                   help="sentences waiting to be translated; beyond, 503 (default 2048)")
-    p.add_argument("--max-connections", type=int, default=512, metavar="N",
-                   help="connections open at once; when full, the one idle longest is "
-                        "closed for a new one (default 512)")
-    p.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
-                   help="Host header names served besides localhost and IP addresses "
-                        "(* = any); others get 400")
-    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
-                   help="seconds a connection may take to send a request head, also when "
-                        "idle between requests (default 10)")
-    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
-                   help="seconds to wait for the next chunk of a request body; then 408 "
-                        "(default 30)")
     return parser
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    """One option per field of the server's limits, from the field's metadata."""
+    from seq2seq.serve.limits import SETTINGS, allowed_range, shown_default
+
+    for settings in SETTINGS:
+        for f in dataclasses.fields(settings):
+            meta, default, bounds = f.metadata, f.default, allowed_range(f)
+            help = f"{meta['help']} (default {shown_default(f)}{'; ' if bounds else ''}{bounds})"
+            # a tuple is a list of names, one or more after the option
+            kind = {"nargs": "+"} if isinstance(default, tuple) else {"type": type(default)}
+            p.add_argument(meta["flag"], dest=_limit_dest(settings, f.name), default=default,
+                           metavar=meta["metavar"], help=help, **kind)
+
+
+def _limit_dest(settings: type, name: str) -> str:
+    return f"{settings.__name__}.{name}"  # Limits and Batching both have max_sentences
+
+
+def limits_from(args, settings: type):
+    """The `settings` dataclass (`Limits`, `Guard` or `Batching`) made from its options."""
+    return settings(**{f.name: getattr(args, _limit_dest(settings, f.name))
+                       for f in dataclasses.fields(settings)})
 
 
 def _progress_arg(p: argparse.ArgumentParser) -> None:
@@ -420,13 +416,8 @@ def cmd_serve(args) -> None:
     from seq2seq.serve import Batching, Guard, Limits, serve
 
     # The dataclasses and serve() check their arguments (ArgumentError, naming the option).
-    limits = Limits(args.max_body_bytes, args.max_sentences, args.max_chars,
-                    args.max_beam)
-    batching = (Batching.off() if args.no_batching
-                else Batching(args.batch_wait_ms, args.max_batch_sentences))
-    guard = Guard(max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-                  body_timeout_s=args.body_timeout, max_queued_sentences=args.max_queue,
-                  max_cost=args.max_cost, allowed_hosts=tuple(args.allowed_hosts))
+    limits, guard = limits_from(args, Limits), limits_from(args, Guard)
+    batching = Batching.off() if args.no_batching else limits_from(args, Batching)
     serve(args.model, host=args.host, port=args.port, device=args.device,
           precision=args.precision, limits=limits, batching=batching, guard=guard)
 

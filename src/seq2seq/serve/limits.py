@@ -24,11 +24,19 @@ def allowed_range(f: Field) -> str:
     """A field's range in the words of its error message: "1..256", ">= 1", "> 0"; "" for
     a list."""
     low, high = f.metadata["low"], f.metadata["high"]
-    if isinstance(f.default, bool) or not isinstance(f.default, int | float):
-        return ""
     if isinstance(f.default, int):
         return f"{low}..{high}" if high is not None else f">= {low}"
-    return f"{'>' if f.metadata['above'] else '>='} {low:g}"
+    if isinstance(f.default, float):
+        return f"{'>' if f.metadata['above'] else '>='} {low:g}"
+    return ""
+
+
+def shown_default(f: Field) -> str:
+    """A field's default as the option's help and the README show it: "5" for 5.0, "none"
+    for an empty list."""
+    if isinstance(f.default, float):
+        return f"{f.default:g}"
+    return str(f.default) if f.default != () else "none"
 
 
 def check_fields(limits: Any) -> None:
