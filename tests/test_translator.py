@@ -92,13 +92,13 @@ def test_precision_is_checked(trained_run):
 
 
 def test_int8_is_for_decoding_on_the_cpu_only():
-    from seq2seq.device import check_precision
+    from seq2seq.device import resolve_precision
 
     with pytest.raises(ConfigError, match=r"got 'int8' \(int8 is for decoding only\)"):
-        check_precision("int8", torch.device("cpu"))  # training's check
+        resolve_precision("int8", torch.device("cpu"))  # training's check
     with pytest.raises(ConfigError, match="int8 runs on the CPU only"):
-        check_precision("int8", torch.device("cuda"), decoding=True)
-    assert check_precision("int8", torch.device("cpu"), decoding=True) == "int8"
+        resolve_precision("int8", torch.device("cuda"), decoding=True)
+    assert resolve_precision("int8", torch.device("cpu"), decoding=True) == "int8"
 
 
 @pytest.fixture(scope="module")

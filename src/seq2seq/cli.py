@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 
+from seq2seq.config import DECODE_PRECISIONS, DEVICES
 from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped
 from seq2seq.files import check_not_an_input
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model, print its parameter counts and exit")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+    p.add_argument("--device", choices=DEVICES,
                    help="where to train (the same as train.device=...)")
 
     p = verb("translate", "Translate raw text (stdin or --input) to raw text.", cmd_translate)
@@ -259,8 +260,8 @@ def _progress_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"),
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=DECODE_PRECISIONS,
                    default="fp32",
                    help="matmul precision (default fp32); bf16 is faster on CPUs with "
                         "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "

@@ -102,6 +102,15 @@ class OptimConfig:
     label_smoothing: float = field(default=0.0, metadata=fraction())
 
 
+# The names of devices and precisions, declared once: the config's checks, the CLI's
+# choices and seq2seq.device read them from here (this module imports no torch).
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "bf16", "fp16"]  # training and decoding
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+DECODE_PRECISIONS = (*PRECISIONS, "int8")  # int8: decoding, on the CPU only
+
+
 @dataclass
 class TrainConfig:
     seed: int = field(default=1, metadata=at_least(0))
@@ -110,8 +119,8 @@ class TrainConfig:
     valid_every: int = field(default=1000, metadata=at_least(1))
     # updates between checkpoints; default valid_every
     checkpoint_every: int | None = field(default=None, metadata=at_least(1))
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Precision = "fp32"
+    device: Device = "auto"
     # intra-op CPU threads (set by the entry point: `seq2seq train`, the benchmarks, via
     # seq2seq.device.setup_process; a Trainer built from Python leaves them); default: torch's
     threads: int | None = field(default=None, metadata=at_least(1))

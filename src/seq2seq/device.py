@@ -31,6 +31,7 @@ import warnings
 import torch
 from torch import nn
 
+from seq2seq.config import DECODE_PRECISIONS, DEVICES, PRECISIONS
 from seq2seq.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ log = logging.getLogger(__name__)
 
 def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """The torch.device for `name` (auto|cpu|cuda); under torchrun, the rank's own GPU."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -62,14 +63,11 @@ def configure(device: torch.device, threads: int | None = None) -> None:
         torch.set_num_threads(threads)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")  # training and decoding
-DECODE_PRECISIONS = (*PRECISIONS, "int8")  # int8: decoding on the CPU only
-
-
-def check_precision(precision: str, device: torch.device, decoding: bool = False) -> str:
-    """The precision to run: `precision` if `device` can run it; fp32 for bf16 on a CPU
-    without native bf16 (AVX-512 BF16 or AMX), whose oneDNN has no bf16 LSTM (callers warn
-    with NO_BF16); a ConfigError for what cannot run at all. int8 is for `decoding` only."""
+def resolve_precision(precision: str, device: torch.device, decoding: bool = False) -> str:
+    """The precision to run: `precision` if `device` can run it; fp32, with a warning
+    (NO_BF16), for bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX), whose oneDNN
+    has no bf16 LSTM; a ConfigError for what cannot run at all. int8 is for `decoding`
+    only."""
     allowed = DECODE_PRECISIONS if decoding else PRECISIONS
     if precision not in allowed:
         hint = " (int8 is for decoding only)" if precision == "int8" else ""
@@ -80,6 +78,7 @@ def check_precision(precision: str, device: torch.device, decoding: bool = False
     if precision == "int8" and device.type != "cpu":
         raise ConfigError("precision int8 runs on the CPU only; use bf16 or fp16 on a GPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        log.warning(NO_BF16)
         return "fp32"
     return precision
 
@@ -101,7 +100,7 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context for `precision` (fp32|bf16|fp16|int8) on `device`."""
-    if check_precision(precision, device, decoding=True) in ("fp32", "int8"):
+    if resolve_precision(precision, device, decoding=True) in ("fp32", "int8"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 

@@ -49,14 +49,13 @@ from seq2seq.checkpoint import (
 from seq2seq.config import Config, OptimConfig, TrainConfig
 from seq2seq.data import Batch, BatchStream, DataDir, collate, make_batches
 from seq2seq.device import (
-    NO_BF16,
     autocast,
-    check_precision,
     dist_backend,
     grad_scaler,
     peak_rss_mb,
     release_free_memory,
     resolve_device,
+    resolve_precision,
 )
 from seq2seq.errors import ArgumentError, ConfigError, InUse, Seq2SeqError, TrainingStopped
 from seq2seq.evaluate import bleu_chrf
@@ -127,9 +126,7 @@ class Trainer:
         self.stream = BatchStream(self.data.split("train"), cfg.batching, cfg.train.seed,
                                   self.model.source_order, self.world)
         self.optimizer = _make_optimizer(self.model, cfg.optim)
-        self.precision = check_precision(cfg.train.precision, self.device)
-        if self.precision != cfg.train.precision:
-            log.warning(NO_BF16)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
         self.scaler = grad_scaler(self.device, self.precision)
         self.step = 0  # updates done, skipped batches included
         self.skipped = 0  # batches skipped for a non-finite loss (train.nonfinite=skip)

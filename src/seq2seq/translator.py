@@ -20,12 +20,11 @@ import torch
 from seq2seq.checkpoint import check_ensemble, load_bundle
 from seq2seq.data import source_batch
 from seq2seq.device import (
-    NO_BF16,
     autocast,
-    check_precision,
     compute_dtype,
     quantize_int8,
     resolve_device,
+    resolve_precision,
 )
 from seq2seq.errors import ArgumentError, check_text
 from seq2seq.model import Seq2Seq
@@ -70,9 +69,7 @@ class Translator:
         precision: str = "fp32",
     ):
         self.ensemble = Ensemble(models)
-        self.precision = check_precision(precision, self.ensemble.device, decoding=True)
-        if self.precision != precision:
-            log.warning(NO_BF16)
+        self.precision = resolve_precision(precision, self.ensemble.device, decoding=True)
         for model in models:  # cast once here, not at every decoding step under autocast
             model.to(compute_dtype(self.precision))
             if self.precision == "int8":
