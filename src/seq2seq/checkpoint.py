@@ -55,7 +55,14 @@ import torch
 
 from seq2seq.config import Config, config_from_dict
 from seq2seq.data import DataDir, SourceOrder
-from seq2seq.errors import CheckpointError, ConfigError, DataError, shown
+from seq2seq.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    check_integer,
+    reported_as,
+    shown,
+)
 from seq2seq.files import atomic_file
 from seq2seq.model import Seq2Seq, parameter_shapes
 from seq2seq.text import Tokenizer
@@ -271,11 +278,9 @@ def _check_contents(state: dict[str, Any], cfg: Config, path: Path) -> None:
         words = state[key]
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise CheckpointError(f"{path}: {key} must be a list of strings")
-    for key, low in (("max_len", 1), ("step", 0)):
-        value = state[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise CheckpointError(f"{path}: {key} must be an integer >= {low}, got "
-                                  f"{shown(value)}")
+    with reported_as(CheckpointError, str(path)):
+        check_integer("max_len", state["max_len"], 1)
+        check_integer("step", state["step"], 0)
     if isinstance(state["best_valid_ppl"], bool) or \
             not isinstance(state["best_valid_ppl"], int | float):
         raise CheckpointError(f"{path}: best_valid_ppl must be a number, got "

@@ -15,7 +15,7 @@ from itertools import islice
 from pathlib import Path
 
 from seq2seq.config import DECODE_PRECISIONS, DEVICES
-from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped
+from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped, check_integer
 from seq2seq.files import check_not_an_input
 
 EXAMPLES = {
@@ -449,9 +449,9 @@ def cmd_average(args) -> None:
     paths = list(args.model)
     if args.last:
         count, run_dir = args.last
-        if not count.isdigit() or int(count) < 1:
-            raise Seq2SeqError(f"--last N RUN_DIR: N must be a whole number >= 1, got {count!r}")
-        paths += last_checkpoints(run_dir, int(count))
+        count = int(count) if count.isdigit() else count
+        check_integer("N", count, 1, why=" (--last N RUN_DIR)")
+        paths += last_checkpoints(run_dir, count)
     if len(paths) < 2:
         raise Seq2SeqError("average needs two checkpoints or more: --model CKPT --model CKPT "
                            "..., or --last N RUN_DIR")
