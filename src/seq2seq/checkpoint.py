@@ -36,8 +36,7 @@ Older versions are read as the current one:
     2 -> 3   no `selection`: the best was always by perplexity, with no patience
              count; no `ema` (there was none)
 
-A run directory holds last.pt and best.pt, and, with train.keep_last / keep_best, the
-numbered model bundles step-N.pt and best-N.pt (N: the step, 8 digits).
+Where a run keeps them (last.pt, best.pt, step-N.pt, best-N.pt): `seq2seq.rundir`.
 """
 
 from __future__ import annotations
@@ -85,7 +84,6 @@ RESUMABLE_CHANGES = {
     "train.nonfinite", "train.valid_metrics", "train.patience", "train.keep_last",
     "train.keep_best", "train.tensorboard",
 }
-NUMBERED = ("step", "best")  # the kinds of numbered checkpoints in a run directory
 
 
 # --------------------------------------------------------------------------- building
@@ -109,19 +107,6 @@ def training_checkpoint(bundle: dict[str, Any], *, optimizer: dict, scaler: dict
     """A model bundle plus what resuming needs (the keys of TRAINING_KEYS)."""
     return {**bundle, "optimizer": optimizer, "scaler": scaler, "data_stream": data_stream,
             "rng": rng, "elapsed": elapsed, "selection": selection, "ema": ema}
-
-
-def numbered_path(run_dir: str | Path, kind: str, step: int) -> Path:
-    """run_dir/step-00001200.pt (kind "step") or run_dir/best-00001200.pt ("best")."""
-    assert kind in NUMBERED
-    return Path(run_dir) / f"{kind}-{step:08d}.pt"
-
-
-def numbered_checkpoints(run_dir: str | Path, kind: str) -> list[Path]:
-    """The numbered checkpoints of `kind` in `run_dir`, oldest step first."""
-    assert kind in NUMBERED
-    return sorted(Path(run_dir).glob(f"{kind}-[0-9]*.pt"),
-                  key=lambda p: int(p.stem.split("-")[1]))
 
 
 # --------------------------------------------------------------------------- files
@@ -317,15 +302,6 @@ def check_ensemble(bundles: list[ModelBundle], paths: list[str | Path]) -> None:
                 raise CheckpointError(
                     f"{path}: its {what} differs from {paths[0]}'s; an ensemble needs "
                     "models trained on the same prepared data")
-
-
-def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
-    """The `n` newest step-N.pt of `run_dir` (train.keep_last); CheckpointError if fewer."""
-    found = numbered_checkpoints(run_dir, "step")
-    if len(found) < n:
-        raise CheckpointError(f"{run_dir}: {len(found)} numbered checkpoints (step-N.pt), "
-                              f"fewer than {n}; train.keep_last keeps them")
-    return found[-n:]
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
