@@ -1,4 +1,7 @@
-"""The `seq2seq` command. Thin: it parses arguments and calls the library."""
+"""The `seq2seq` command: a verb per step of the pipeline (prepare, train, translate, score,
+evaluate, rescore, average, plot, serve). It parses arguments, calls the library with the
+same names, prints the results, and turns the library's errors into one-line messages and
+exit codes; the work itself is the library's."""
 
 from __future__ import annotations
 
@@ -14,7 +17,13 @@ from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 
-from seq2seq.config import DECODE_PRECISIONS, DEVICES
+from seq2seq.config import (
+    DECODE_PRECISIONS,
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    DEVICES,
+    PRECISION_HELP,
+)
 from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped, check_integer
 from seq2seq.files import check_not_an_input
 from seq2seq.rundir import METRICS
@@ -261,13 +270,11 @@ def _progress_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=DECODE_PRECISIONS,
-                   default="fp32",
-                   help="matmul precision (default fp32); bf16 is faster on CPUs with "
-                        "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
-                        "quantizes the LSTMs and the output layer when loading. Speed and "
-                        "BLEU of each, per CPU kind: bench/RESULTS.md")
+    p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
+    p.add_argument("--precision", choices=DECODE_PRECISIONS, default=DEFAULT_PRECISION,
+                   help="matmul precision (default %(default)s): " + "; ".join(
+                       f"{name}: {PRECISION_HELP[name]}" for name in DECODE_PRECISIONS)
+                   + ". Speed and BLEU of each, per CPU kind: bench/RESULTS.md")
 
 
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True

@@ -103,12 +103,22 @@ class OptimConfig:
 
 
 # The names of devices and precisions, declared once: the config's checks, the CLI's
-# choices and seq2seq.device read them from here (this module imports no torch).
+# choices, defaults and help, and seq2seq.device read them from here (this module imports
+# no torch). The first of each is the default.
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16"]  # training and decoding
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 DECODE_PRECISIONS = (*PRECISIONS, "int8")  # int8: decoding, on the CPU only
+DEFAULT_DEVICE, DEFAULT_PRECISION = DEVICES[0], PRECISIONS[0]
+# What each precision does, for the help of `--precision` (its speed and BLEU per CPU kind
+# are in bench/RESULTS.md, never here: they change with every run)
+PRECISION_HELP = {
+    "fp32": "float32 throughout",
+    "bf16": "faster on CPUs with AVX-512 BF16 or AMX (elsewhere it runs as fp32, warned)",
+    "fp16": "needs CUDA",
+    "int8": "the CPU only, the LSTMs and the output layer quantized when loading",
+}
 
 
 @dataclass
@@ -119,8 +129,8 @@ class TrainConfig:
     valid_every: int = field(default=1000, metadata=at_least(1))
     # updates between checkpoints; default valid_every
     checkpoint_every: int | None = field(default=None, metadata=at_least(1))
-    precision: Precision = "fp32"
-    device: Device = "auto"
+    precision: Precision = DEFAULT_PRECISION
+    device: Device = DEFAULT_DEVICE
     # intra-op CPU threads (set by the entry point: `seq2seq train`, the benchmarks, via
     # seq2seq.device.setup_process; a Trainer built from Python leaves them); default: torch's
     threads: int | None = field(default=None, metadata=at_least(1))
