@@ -147,7 +147,9 @@ class Paths:
         return self.work / r.name / "runs" / name
 
     def best(self, r: Regime, name: str) -> Path:
-        return self.run(r, name) / "best.pt"
+        from seq2seq.rundir import RunDir
+
+        return RunDir(self.run(r, name)).best
 
     def hyps(self, r: Regime, name: str, beam: int) -> Path:
         return self.work / r.name / "hyps" / f"{name}.beam{beam}.txt"
@@ -195,9 +197,9 @@ def train_command(p: Paths, r: Regime, name: str) -> list[str]:
 def task_train(p: Paths, r: Regime, name: str) -> dict:
     argv = train_command(p, r, name)
     subprocess.run([sys.executable, "-m", "seq2seq", *argv[1:]], check=True, cwd=ROOT)
-    from seq2seq.analysis import read_metrics
+    from seq2seq.rundir import RunDir
 
-    records = read_metrics(p.run(r, name))
+    records = RunDir(p.run(r, name)).read_metrics()
     valid = [m for m in records if "valid_ppl" in m]
     train = [m for m in records if "ppl" in m]
     return {"run": name, "command": " ".join(map(shlex.quote, argv)),

@@ -161,9 +161,10 @@ def measure(run_dir: Path, test: list[tuple[str, str]], width: int) -> dict:
     source length (`width` symbols a bucket); the validation curve of the run."""
     import sacrebleu
 
+    from seq2seq.rundir import RunDir
     from seq2seq.translator import Translator
 
-    translator = Translator.load(run_dir / "best.pt", device="cpu")
+    translator = Translator.load(RunDir(run_dir).best, device="cpu")
     sources, refs = map(list, zip(*test))
     hyps = [t.text for t in translator.translate(sources, beam=1)]
     logps = translator.score(sources, refs)
@@ -182,7 +183,7 @@ def measure(run_dir: Path, test: list[tuple[str, str]], width: int) -> dict:
         idx = [i for i, n in enumerate(lengths) if low <= n < low + width]
         if idx:
             buckets.append({"low": low, "high": low + width, **measures(idx)})
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = RunDir(run_dir).read_metrics()
     curve = [{"step": m["step"], "valid_ppl": m["valid_ppl"]} for m in metrics
              if "valid_ppl" in m]
     return {**measures(list(range(len(test)))), "by_length": buckets,

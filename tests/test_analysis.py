@@ -17,7 +17,6 @@ from seq2seq.analysis import (
     mean_training_rank,
     nll_profile,
     pca_2d,
-    read_metrics,
     read_nbest,
     rescore,
     source_words,
@@ -28,6 +27,7 @@ from seq2seq.analysis import (
 )
 from seq2seq.cli import main
 from seq2seq.errors import ArgumentError, DataError
+from seq2seq.rundir import RunDir
 from seq2seq.stats import perplexity_per_word
 from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import Vocabulary
@@ -274,7 +274,7 @@ def test_plot_curves_draws_runs_and_reports_their_validation(capsys, tmp_path, t
     row = next(line for line in table.splitlines() if line.strip().startswith("other"))
     assert [c.strip() for c in row.split("|")][:4] == ["other", "40", "70.00", "70.00"]
     # The trained run's own records: every validation line carries the wall time so far.
-    records = read_metrics(trained_run)
+    records = RunDir(trained_run).read_metrics()
     valid = [r for r in records if "valid_ppl" in r]
     assert [r["step"] for r in valid] == [60, 120]
     assert 0 < valid[0]["elapsed_s"] < valid[1]["elapsed_s"]

@@ -324,15 +324,15 @@ def test_a_checkpoint_is_checked_before_its_model_is_built(trained_run, tmp_path
         state.pop(key)
     cases = {
         _edited(state, tmp_path / "h1e9.pt", {"hidden_size": 10**9}):
-            "h1e9.pt (config): model.hidden_size must be in [1, 16,384]",
+            "h1e9.pt (config): model.hidden_size must be an integer in 1..16384",
         _edited(state, tmp_path / "h40k.pt", {"hidden_size": 40_000}):
-            "h40k.pt (config): model.hidden_size must be in [1, 16,384]",
+            "h40k.pt (config): model.hidden_size must be an integer in 1..16384",
         _edited(state, tmp_path / "h12k.pt", {"hidden_size": 12_000}):
             "h12k.pt: its weights do not fit its config and vocabularies: "
             "decoder.lstm.bias_hh_l0 is (128,), needed (48000,) (embed_dim 24, "
             "hidden_size 12000, num_layers 2,",
         _edited(state, tmp_path / "layers.pt", {"num_layers": 10**6}):
-            "layers.pt (config): model.num_layers must be in [1, 64]",
+            "layers.pt (config): model.num_layers must be an integer in 1..64",
         _edited(state, tmp_path / "three.pt", {"num_layers": 3}):
             "three.pt: its weights do not fit its config and vocabularies: "
             "decoder.lstm.bias_hh_l2 is missing, needed (128,)",

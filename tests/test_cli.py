@@ -84,7 +84,7 @@ def test_train_dry_run_counts_the_paper_model(capsys):
 def test_train_dry_run_of_a_huge_model_is_an_error_or_a_count_with_nothing_built(capsys):
     code, _, err = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run",
                        "model.hidden_size=1000000000")
-    one_line_error(code, err, "model.hidden_size must be in [1, 16,384], got 1000000000")
+    one_line_error(code, err, "model.hidden_size must be an integer in 1..16384, got 1000000000")
     code, out, _ = run(capsys, "train", "configs/sutskever2014.yaml", "--dry-run",
                        "model.hidden_size=16384", "model.num_layers=64")  # 1 TB if built
     assert code == 0 and "(274429.1M)" in out
@@ -571,7 +571,9 @@ def test_average_writes_a_checkpoint_translate_loads_and_refuses_other_models(
     one_line_error(code, err, "0 numbered checkpoints (step-N.pt), fewer than 2",
                    "train.keep_last")
     code, _, err = run(capsys, "average", "--last", "two", trained_run, "--out", tmp_path / "x")
-    one_line_error(code, err, "--last N RUN_DIR: N must be a whole number >= 1, got 'two'")
+    one_line_error(code, err, "N must be an integer >= 1 (--last N RUN_DIR), got 'two'")
+    code, _, err = run(capsys, "average", "--last", 0, trained_run, "--out", tmp_path / "x")
+    one_line_error(code, err, "N must be an integer >= 1 (--last N RUN_DIR), got 0")
     code, _, err = run(capsys, "average", "--model", best, "--out", tmp_path / "x.pt")
     one_line_error(code, err, "average needs two checkpoints or more")
     before = best.read_bytes()

@@ -1,11 +1,13 @@
+import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
 
 from conftest import run_bounded
-from seq2seq.config import load_config
-from seq2seq.errors import ConfigError
+from seq2seq.config import Config, load_config
+from seq2seq.errors import ArgumentError, ConfigError, check_number
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -53,10 +55,12 @@ def test_reverse_source_refuses_other_values():
     ("model: {num_layers: true}", "model.num_layers must be int"),
     ("optim: {optimizer: rmsprop}", "optim.optimizer must be one of sgd, adam"),
     ("train: {precision: fp8}", "train.precision must be one of"),
-    ("optim: {label_smoothing: 1.0}", r"optim.label_smoothing must be in [0.0, 1.0), got 1.0"),
-    ("optim: {label_smoothing: -0.1}", "optim.label_smoothing must be in"),
-    ("optim: {label_smoothing: .nan}", "optim.label_smoothing must be a finite number"),
-    ("train: {trim_every: -1}", "train.trim_every must be >= 0, got -1"),
+    ("optim: {label_smoothing: 1.0}", "optim.label_smoothing must be a finite number in [0, 1), "
+                                      "got 1.0"),
+    ("optim: {label_smoothing: -0.1}", "optim.label_smoothing must be a finite number in [0, 1)"),
+    ("optim: {label_smoothing: .nan}", "optim.label_smoothing must be a finite number in [0, 1), "
+                                       "got nan"),
+    ("train: {trim_every: -1}", "train.trim_every must be an integer >= 0, got -1"),
     ("model: 3", "model must be a mapping"),
     ("[1, 2]", "expected a mapping"),
     ("model: {a: [}", "not valid YAML"),
@@ -76,45 +80,64 @@ def test_bad_override_and_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lr=-0.01", "optim.lr must be > 0.0, got -0.01"),
-    ("optim.lr=0", "optim.lr must be > 0.0, got 0.0"),
-    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
-    ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
-    ("optim.epochs=0", "optim.epochs must be > 0.0, got 0.0"),
-    ("optim.clip_norm=-1", "optim.clip_norm must be >= 0.0"),
-    ("optim.decay_every=0", "optim.decay_every must be > 0.0"),
-    ("optim.decay_factor=1.5", "optim.decay_factor must be in (0.0, 1.0], got 1.5"),
-    ("optim.max_steps=0", "optim.max_steps must be >= 1, got 0"),
-    ("optim.label_smoothing=1", "optim.label_smoothing must be in [0.0, 1.0)"),
-    ("model.hidden_size=0", "model.hidden_size must be in [1, 16,384], got 0"),
-    ("model.hidden_size=1000000000", "model.hidden_size must be in [1, 16,384]"),
-    ("model.embed_dim=0", "model.embed_dim must be in [1, 16,384]"),
-    ("model.embed_dim=40000", "model.embed_dim must be in [1, 16,384]"),
-    ("model.num_layers=0", "model.num_layers must be in [1, 64], got 0"),
-    ("model.num_layers=1000000", "model.num_layers must be in [1, 64]"),
-    ("model.src_vocab=5000000", "model.src_vocab must be in [1, 1,000,000]"),
-    ("model.tgt_vocab=0", "model.tgt_vocab must be in [1, 1,000,000]"),
-    ("model.dropout=2.0", "model.dropout must be in [0.0, 1.0), got 2.0"),
-    ("model.init_range=-0.1", "model.init_range must be >= 0.0"),
-    ("batching.batch_size=0", "batching.batch_size must be >= 1, got 0"),
-    ("batching.max_tokens=0", "batching.max_tokens must be >= 1"),
-    ("batching.pool_batches=0", "batching.pool_batches must be >= 1"),
-    ("train.valid_every=0", "train.valid_every must be >= 1, got 0"),
-    ("train.log_every=0", "train.log_every must be >= 1, got 0"),
-    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1"),
-    ("train.threads=0", "train.threads must be >= 1"),
-    ("train.loss_chunk=0", "train.loss_chunk must be >= 1, got 0"),
-    ("train.trim_every=-1", "train.trim_every must be >= 0"),
-    ("train.valid_bleu_sentences=0", "train.valid_bleu_sentences must be >= 1, got 0"),
-    ("train.valid_beam=0", "train.valid_beam must be >= 1, got 0"),
-    ("train.patience=-1", "train.patience must be >= 0, got -1"),
-    ("train.keep_last=-1", "train.keep_last must be >= 0, got -1"),
-    ("train.keep_best=-1", "train.keep_best must be >= 0, got -1"),
-    ("train.ema=1", "train.ema must be in [0.0, 1.0), got 1.0"),
+    ("optim.lr=-0.01", "optim.lr must be a finite number > 0, got -0.01"),
+    ("optim.lr=0", "optim.lr must be a finite number > 0, got 0.0"),
+    ("optim.lr=.nan", "optim.lr must be a finite number > 0, got nan"),
+    ("optim.lr=.inf", "optim.lr must be a finite number > 0, got inf"),
+    ("optim.epochs=0", "optim.epochs must be a finite number > 0, got 0.0"),
+    ("optim.clip_norm=-1", "optim.clip_norm must be a finite number >= 0, got -1.0"),
+    ("optim.decay_every=0", "optim.decay_every must be a finite number > 0, got 0.0"),
+    ("optim.decay_factor=1.5", "optim.decay_factor must be a finite number in (0, 1], got 1.5"),
+    ("optim.max_steps=0", "optim.max_steps must be an integer >= 1, got 0"),
+    ("optim.label_smoothing=1",
+     "optim.label_smoothing must be a finite number in [0, 1), got 1.0"),
+    ("model.hidden_size=0", "model.hidden_size must be an integer in 1..16384, got 0"),
+    ("model.hidden_size=1000000000",
+     "model.hidden_size must be an integer in 1..16384, got 1000000000"),
+    ("model.embed_dim=0", "model.embed_dim must be an integer in 1..16384, got 0"),
+    ("model.embed_dim=40000", "model.embed_dim must be an integer in 1..16384, got 40000"),
+    ("model.num_layers=0", "model.num_layers must be an integer in 1..64, got 0"),
+    ("model.num_layers=1000000", "model.num_layers must be an integer in 1..64, got 1000000"),
+    ("model.src_vocab=5000000", "model.src_vocab must be an integer in 1..1000000, got 5000000"),
+    ("model.tgt_vocab=0", "model.tgt_vocab must be an integer in 1..1000000, got 0"),
+    ("model.dropout=2.0", "model.dropout must be a finite number in [0, 1), got 2.0"),
+    ("model.init_range=-0.1", "model.init_range must be a finite number >= 0, got -0.1"),
+    ("batching.batch_size=0", "batching.batch_size must be an integer >= 1, got 0"),
+    ("batching.max_tokens=0", "batching.max_tokens must be an integer >= 1"),
+    ("batching.pool_batches=0", "batching.pool_batches must be an integer >= 1"),
+    ("train.valid_every=0", "train.valid_every must be an integer >= 1, got 0"),
+    ("train.log_every=0", "train.log_every must be an integer >= 1, got 0"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be an integer >= 1"),
+    ("train.threads=0", "train.threads must be an integer >= 1"),
+    ("train.loss_chunk=0", "train.loss_chunk must be an integer >= 1, got 0"),
+    ("train.trim_every=-1", "train.trim_every must be an integer >= 0"),
+    ("train.valid_bleu_sentences=0", "train.valid_bleu_sentences must be an integer >= 1, got 0"),
+    ("train.valid_beam=0", "train.valid_beam must be an integer >= 1, got 0"),
+    ("train.patience=-1", "train.patience must be an integer >= 0, got -1"),
+    ("train.keep_last=-1", "train.keep_last must be an integer >= 0, got -1"),
+    ("train.keep_best=-1", "train.keep_best must be an integer >= 0, got -1"),
+    ("train.ema=1", "train.ema must be a finite number in [0, 1), got 1.0"),
 ])
 def test_every_numeric_key_has_a_range(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, [override])
+
+
+def test_every_number_key_is_ranged_in_the_words_of_the_library_s_checks(tmp_path):
+    sections = typing.get_type_hints(Config)
+    for section, cls in sections.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = {int, float} & {hints[f.name], *typing.get_args(hints[f.name])}
+            assert not kind or "range" in f.metadata, f"{section}.{f.name} has no range"
+    # The same words as an argument of the library, after the file's name.
+    path = tmp_path / "run.yaml"
+    path.write_text("optim: {lr: 0}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    with pytest.raises(ArgumentError) as argument:
+        check_number("optim.lr", 0.0, above=True)
+    assert str(raised.value) == f"{path}: {argument.value}"
 
 
 def test_floats_written_without_a_dot_are_floats(tmp_path):

@@ -1,6 +1,7 @@
 """The docs point at real things: every test that docs/RELIABILITY.md names exists, and
 every benchmark command names a script of bench/ and options that it has."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -46,3 +47,24 @@ def test_bench_readme_has_a_row_for_every_benchmark():
     for script in sorted((ROOT / "bench").glob("*.py")):
         if script.stem not in ("__init__", "common"):
             assert f"python -m bench.{script.stem}" in text, f"bench/README.md: no {script.stem}"
+
+
+def test_server_defaults_quoted_in_the_docs_are_the_limits_defaults():
+    # "`--header-timeout` (10 s)" in RELIABILITY.md; "(the default: `--batch-wait-ms 5
+    # --max-batch-sentences 64`)" in SERVE.md. (README's table: test_cli.py.)
+    from seq2seq.serve.limits import SETTINGS, shown_default
+
+    defaults = {f.metadata["flag"]: shown_default(f)
+                for settings in SETTINGS for f in dataclasses.fields(settings)}
+    quoted = 0
+    for doc in ("docs/RELIABILITY.md", "bench/SERVE.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        pairs = re.findall(r"`(--[\w-]+)` \((\d[\d,.]*)", text)
+        for span in re.findall(r"default:\s*`([^`]*)`", text):
+            pairs += re.findall(r"(--[\w-]+) (\S+)", span)
+        for flag, value in pairs:
+            if flag in defaults:
+                assert value.replace(",", "") == defaults[flag], \
+                    f"{doc}: {flag} {value}, but its default is {defaults[flag]}"
+                quoted += 1
+    assert quoted >= 6

@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from conftest import needs_bf16, tiny_config
-from seq2seq.checkpoint import average_checkpoints, last_checkpoints, load_checkpoint
+from seq2seq.checkpoint import average_checkpoints, load_checkpoint
 from seq2seq.config import OptimConfig, TrainConfig, config_from_dict
 from seq2seq.errors import ConfigError, TrainingStopped
+from seq2seq.rundir import RunDir
 from seq2seq.train import Trainer, clip_grad_norm, learning_rate
 
 
@@ -360,7 +361,7 @@ def test_numbered_checkpoints_keep_the_last_and_the_best(data_dir, tmp_path,
     assert load_checkpoint(tmp_path / "best-00000012.pt")["model"].keys() == \
         load_checkpoint(tmp_path / "best.pt")["model"].keys()
     assert not list(tmp_path.glob(".*.tmp-*"))
-    last_two = last_checkpoints(tmp_path, 2)  # what `seq2seq average --last 2` averages
+    last_two = RunDir(tmp_path).last_checkpoints(2)  # what `seq2seq average --last 2` averages
     assert [p.name for p in last_two] == ["step-00000014.pt", "step-00000016.pt"]
     assert average_checkpoints(last_two)["step"] == 16
 

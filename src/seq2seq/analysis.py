@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sacrebleu
 
-from seq2seq.errors import ArgumentError, DataError, check_integer, shown
+from seq2seq.errors import ArgumentError, DataError, check_integer
 from seq2seq.files import atomic_file, make_folder
 from seq2seq.text import Tokenizer, read_lines
 from seq2seq.vocab import SPECIALS, Vocabulary
@@ -338,33 +338,6 @@ def plot_pca(points: np.ndarray, labels: Sequence[str], title: str, out: Path) -
 
 
 # --------------------------------------------------------------------------- training curves
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of a run's `metrics.jsonl`: training lines (`loss`, `ppl`) and
-    validation lines (`valid_ppl`), each with `step` and, since 2026-12, `elapsed_s`."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: not found (is {run_dir} a run directory of `seq2seq train`?)")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: not JSON ({err.msg})") from None
-        if not isinstance(record, dict) or "step" not in record:
-            raise DataError(f"{path} line {number}: a metrics record needs a 'step'")
-        for key in ("step", "elapsed_s", "ppl", "valid_ppl", "loss"):
-            if key in record and (isinstance(record[key], bool) or
-                                  not isinstance(record[key], int | float)):
-                raise DataError(f"{path} line {number}: '{key}' must be a number, got "
-                                f"{shown(record[key])}")
-        records.append(record)
-    if not records:
-        raise DataError(f"{path}: no records yet")
-    return records
 
 
 def curve_summary(runs: dict[str, list[dict]]) -> list[dict]:

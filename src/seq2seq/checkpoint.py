@@ -36,8 +36,7 @@ Older versions are read as the current one:
     2 -> 3   no `selection`: the best was always by perplexity, with no patience
              count; no `ema` (there was none)
 
-A run directory holds last.pt and best.pt, and, with train.keep_last / keep_best, the
-numbered model bundles step-N.pt and best-N.pt (N: the step, 8 digits).
+Where a run keeps them (last.pt, best.pt, step-N.pt, best-N.pt): `seq2seq.rundir`.
 """
 
 from __future__ import annotations
@@ -55,7 +54,14 @@ import torch
 
 from seq2seq.config import Config, config_from_dict
 from seq2seq.data import DataDir, SourceOrder
-from seq2seq.errors import CheckpointError, ConfigError, DataError, shown
+from seq2seq.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    check_integer,
+    reported_as,
+    shown,
+)
 from seq2seq.files import atomic_file
 from seq2seq.model import Seq2Seq, parameter_shapes
 from seq2seq.text import Tokenizer
@@ -78,7 +84,6 @@ RESUMABLE_CHANGES = {
     "train.nonfinite", "train.valid_metrics", "train.patience", "train.keep_last",
     "train.keep_best", "train.tensorboard",
 }
-NUMBERED = ("step", "best")  # the kinds of numbered checkpoints in a run directory
 
 
 # --------------------------------------------------------------------------- building
@@ -102,19 +107,6 @@ def training_checkpoint(bundle: dict[str, Any], *, optimizer: dict, scaler: dict
     """A model bundle plus what resuming needs (the keys of TRAINING_KEYS)."""
     return {**bundle, "optimizer": optimizer, "scaler": scaler, "data_stream": data_stream,
             "rng": rng, "elapsed": elapsed, "selection": selection, "ema": ema}
-
-
-def numbered_path(run_dir: str | Path, kind: str, step: int) -> Path:
-    """run_dir/step-00001200.pt (kind "step") or run_dir/best-00001200.pt ("best")."""
-    assert kind in NUMBERED
-    return Path(run_dir) / f"{kind}-{step:08d}.pt"
-
-
-def numbered_checkpoints(run_dir: str | Path, kind: str) -> list[Path]:
-    """The numbered checkpoints of `kind` in `run_dir`, oldest step first."""
-    assert kind in NUMBERED
-    return sorted(Path(run_dir).glob(f"{kind}-[0-9]*.pt"),
-                  key=lambda p: int(p.stem.split("-")[1]))
 
 
 # --------------------------------------------------------------------------- files
@@ -271,11 +263,9 @@ def _check_contents(state: dict[str, Any], cfg: Config, path: Path) -> None:
         words = state[key]
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise CheckpointError(f"{path}: {key} must be a list of strings")
-    for key, low in (("max_len", 1), ("step", 0)):
-        value = state[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise CheckpointError(f"{path}: {key} must be an integer >= {low}, got "
-                                  f"{shown(value)}")
+    with reported_as(CheckpointError, str(path)):
+        check_integer("max_len", state["max_len"], 1)
+        check_integer("step", state["step"], 0)
     if isinstance(state["best_valid_ppl"], bool) or \
             not isinstance(state["best_valid_ppl"], int | float):
         raise CheckpointError(f"{path}: best_valid_ppl must be a number, got "
@@ -312,15 +302,6 @@ def check_ensemble(bundles: list[ModelBundle], paths: list[str | Path]) -> None:
                 raise CheckpointError(
                     f"{path}: its {what} differs from {paths[0]}'s; an ensemble needs "
                     "models trained on the same prepared data")
-
-
-def last_checkpoints(run_dir: str | Path, n: int) -> list[Path]:
-    """The `n` newest step-N.pt of `run_dir` (train.keep_last); CheckpointError if fewer."""
-    found = numbered_checkpoints(run_dir, "step")
-    if len(found) < n:
-        raise CheckpointError(f"{run_dir}: {len(found)} numbered checkpoints (step-N.pt), "
-                              f"fewer than {n}; train.keep_last keeps them")
-    return found[-n:]
 
 
 def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:

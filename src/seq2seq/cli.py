@@ -1,4 +1,7 @@
-"""The `seq2seq` command. Thin: it parses arguments and calls the library."""
+"""The `seq2seq` command: a verb per step of the pipeline (prepare, train, translate, score,
+evaluate, rescore, average, plot, serve). It parses arguments, calls the library with the
+same names, prints the results, and turns the library's errors into one-line messages and
+exit codes; the work itself is the library's."""
 
 from __future__ import annotations
 
@@ -14,9 +17,16 @@ from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 
-from seq2seq.config import DECODE_PRECISIONS, DEVICES
-from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped
+from seq2seq.config import (
+    DECODE_PRECISIONS,
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    DEVICES,
+    PRECISION_HELP,
+)
+from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped, check_integer
 from seq2seq.files import check_not_an_input
+from seq2seq.rundir import METRICS
 
 EXAMPLES = {
     "prepare": "seq2seq prepare --train-src data/tatoeba-en-fr/train.en.gz "
@@ -138,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value",
                    help="config overrides, e.g. optim.lr=0.5")
     p.add_argument("--data", metavar="DIR", help="data directory made by `seq2seq prepare`")
-    p.add_argument("--out", metavar="DIR", help="run directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--out", metavar="DIR", help=f"run directory (checkpoints, {METRICS})")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model, print its parameter counts and exit")
     p.add_argument("--device", choices=DEVICES,
@@ -194,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
              "RUN_DIR...).", cmd_plot)
     p.add_argument("kind", choices=("pca", "length", "rarity", "profile", "curves"))
     p.add_argument("runs", nargs="*", metavar="RUN_DIR",
-                   help="curves: run directories of `seq2seq train` (their metrics.jsonl)")
+                   help=f"curves: run directories of `seq2seq train` (their {METRICS})")
     _model_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.png and "
                    "PREFIX.svg (and PREFIX.json for length/rarity/profile)")
@@ -260,13 +270,11 @@ def _progress_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _device_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=DECODE_PRECISIONS,
-                   default="fp32",
-                   help="matmul precision (default fp32); bf16 is faster on CPUs with "
-                        "AVX-512 BF16 or AMX; fp16 needs CUDA; int8 (the CPU only) "
-                        "quantizes the LSTMs and the output layer when loading. Speed and "
-                        "BLEU of each, per CPU kind: bench/RESULTS.md")
+    p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE)
+    p.add_argument("--precision", choices=DECODE_PRECISIONS, default=DEFAULT_PRECISION,
+                   help="matmul precision (default %(default)s): " + "; ".join(
+                       f"{name}: {PRECISION_HELP[name]}" for name in DECODE_PRECISIONS)
+                   + ". Speed and BLEU of each, per CPU kind: bench/RESULTS.md")
 
 
 def _model_args(p: argparse.ArgumentParser, decoding: bool = True, required: bool = True
@@ -444,14 +452,15 @@ def cmd_rescore(args) -> None:
 
 
 def cmd_average(args) -> None:
-    from seq2seq.checkpoint import average_checkpoints, last_checkpoints, save_checkpoint
+    from seq2seq.checkpoint import average_checkpoints, save_checkpoint
+    from seq2seq.rundir import RunDir
 
     paths = list(args.model)
     if args.last:
         count, run_dir = args.last
-        if not count.isdigit() or int(count) < 1:
-            raise Seq2SeqError(f"--last N RUN_DIR: N must be a whole number >= 1, got {count!r}")
-        paths += last_checkpoints(run_dir, int(count))
+        count = int(count) if count.isdigit() else count
+        check_integer("N", count, 1, why=" (--last N RUN_DIR)")
+        paths += RunDir(run_dir).last_checkpoints(count)
     if len(paths) < 2:
         raise Seq2SeqError("average needs two checkpoints or more: --model CKPT --model CKPT "
                            "..., or --last N RUN_DIR")
@@ -514,11 +523,12 @@ def _check_plot_outputs(args) -> None:
     is made now, so that a bad --out fails before the work."""
     from seq2seq.analysis import FIGURE_SUFFIXES
     from seq2seq.files import make_folder
+    from seq2seq.rundir import RunDir
 
     inputs = [("--src", args.src), ("--ref", args.ref), ("--hyps", args.hyps),
               ("--phrases", args.phrases), ("--train-src", args.train_src),
               *(("--model", m) for m in args.model or ()),
-              *(("RUN_DIR", Path(run) / "metrics.jsonl") for run in args.runs)]
+              *(("RUN_DIR", RunDir(run).metrics) for run in args.runs)]
     for suffix in (*FIGURE_SUFFIXES, ".json"):
         check_not_an_input(Path(args.out).with_suffix(suffix), "--out", inputs)
     make_folder(Path(args.out).parent)
@@ -577,6 +587,7 @@ def _plot_profile(args, translator, sources, refs) -> None:
 
 def _plot_curves(args) -> None:
     from seq2seq import analysis
+    from seq2seq.rundir import RunDir
 
     if not args.runs:
         raise Seq2SeqError("plot curves needs at least one RUN_DIR")
@@ -585,7 +596,7 @@ def _plot_curves(args) -> None:
     runs = {}
     for run in args.runs:
         name = Path(run).resolve().name
-        runs[name if name not in runs else run] = analysis.read_metrics(run)
+        runs[name if name not in runs else run] = RunDir(run).read_metrics()
     paths = analysis.plot_curves(runs, Path(args.out))
     print(f"{'run':>20} | updates | best valid ppl | last valid ppl | wall time")
     for r in analysis.curve_summary(runs):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from seq2seq.errors import ConfigError, shown
+from seq2seq.errors import ConfigError, check_integer, check_number, reported_as, shown
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -38,22 +38,22 @@ MAX_VOCAB = 1_000_000
 
 def at_least(low: float) -> dict:
     """Field metadata: the value must be >= low."""
-    return {"range": (low, None, True, True)}
+    return {"range": {"low": low}}
 
 
 def between(low: float, high: float) -> dict:
     """Field metadata: the value must be in [low, high]."""
-    return {"range": (low, high, True, True)}
+    return {"range": {"low": low, "high": high}}
 
 
 def above(low: float, high: float | None = None) -> dict:
     """Field metadata: the value must be > low (and <= high, if given)."""
-    return {"range": (low, high, False, True)}
+    return {"range": {"low": low, "high": high, "above": True}}
 
 
 def fraction() -> dict:
     """Field metadata: a probability-like value in [0, 1)."""
-    return {"range": (0.0, 1.0, True, False)}
+    return {"range": {"low": 0.0, "high": 1.0, "below": True}}
 
 
 @dataclass
@@ -103,12 +103,22 @@ class OptimConfig:
 
 
 # The names of devices and precisions, declared once: the config's checks, the CLI's
-# choices and seq2seq.device read them from here (this module imports no torch).
+# choices, defaults and help, and seq2seq.device read them from here (this module imports
+# no torch). The first of each is the default.
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["fp32", "bf16", "fp16"]  # training and decoding
 DEVICES: tuple[str, ...] = typing.get_args(Device)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 DECODE_PRECISIONS = (*PRECISIONS, "int8")  # int8: decoding, on the CPU only
+DEFAULT_DEVICE, DEFAULT_PRECISION = DEVICES[0], PRECISIONS[0]
+# What each precision does, for the help of `--precision` (its speed and BLEU per CPU kind
+# are in bench/RESULTS.md, never here: they change with every run)
+PRECISION_HELP = {
+    "fp32": "float32 throughout",
+    "bf16": "faster on CPUs with AVX-512 BF16 or AMX (elsewhere it runs as fp32, warned)",
+    "fp16": "needs CUDA",
+    "int8": "the CPU only, the LSTMs and the output layer quantized when loading",
+}
 
 
 @dataclass
@@ -119,8 +129,8 @@ class TrainConfig:
     valid_every: int = field(default=1000, metadata=at_least(1))
     # updates between checkpoints; default valid_every
     checkpoint_every: int | None = field(default=None, metadata=at_least(1))
-    precision: Precision = "fp32"
-    device: Device = "auto"
+    precision: Precision = DEFAULT_PRECISION
+    device: Device = DEFAULT_DEVICE
     # intra-op CPU threads (set by the entry point: `seq2seq train`, the benchmarks, via
     # seq2seq.device.setup_process; a Trainer built from Python leaves them); default: torch's
     threads: int | None = field(default=None, metadata=at_least(1))
@@ -278,26 +288,20 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     return cls(**values)
 
 
-def _check_range(value: Any, bounds: tuple | None, key: str, where: str) -> None:
-    """`bounds` (low, high, low_inclusive, high_inclusive): low <= value (low < value if
-    not low_inclusive), and value <= high (value < high if not high_inclusive; high None: no
-    upper bound). Floats must be finite."""
-    if value is None:
+def _check_range(value: Any, bounds: dict | None, key: str, where: str) -> None:
+    """ConfigError naming `where` and `key` unless `value` is within `bounds` (the metadata
+    of `at_least`, `between`, `above`, `fraction`): the range checks of the library's
+    arguments (`errors.check_integer`, `check_number`), in their words. Every number key
+    has bounds (a test holds them to it)."""
+    if value is None or bounds is None:
         return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
-    if bounds is None:
-        return
-    low, high, low_inclusive, high_inclusive = bounds
-    ok_low = value >= low if low_inclusive else value > low
-    ok_high = high is None or (value <= high if high_inclusive else value < high)
-    if not (ok_low and ok_high):
-        if high is None:
-            allowed = f">= {low}" if low_inclusive else f"> {low}"
+    high = bounds.get("high")
+    with reported_as(ConfigError, where):
+        if isinstance(value, int):  # `_check` gave an int key an int, a float key a float
+            check_integer(key, value, bounds["low"], high)
         else:
-            allowed = (f"in {'[' if low_inclusive else '('}{low:,}, {high:,}"
-                       f"{']' if high_inclusive else ')'}")
-        raise ConfigError(f"{where}: {key} must be {allowed}, got {value!r}")
+            check_number(key, value, bounds["low"], math.inf if high is None else high,
+                         above=bounds.get("above", False), below=bounds.get("below", False))
 
 
 def _check(value: Any, hint: Any, key: str, where: str) -> Any:

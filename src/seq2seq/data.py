@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from seq2seq.config import BatchingConfig
-from seq2seq.errors import DataError, shown
+from seq2seq.errors import DataError, check_integer, reported_as, shown
 from seq2seq.text import Tokenizer, read_pairs
 from seq2seq.vocab import BOS_ID, EOS_ID, PAD_ID, Vocabulary
 
@@ -83,9 +83,8 @@ class DataDir:
                 not all(isinstance(tokenizer.get(side), dict) for side in ("src", "tgt")):
             raise DataError(f"{meta_path}: lacks the tokenizer settings (tokenizer.src and "
                             "tokenizer.tgt); prepare the data again")
-        max_len = self.meta.get("max_len")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-            raise DataError(f"{meta_path}: max_len must be an integer >= 1")
+        with reported_as(DataError, str(meta_path)):
+            check_integer("max_len", self.meta.get("max_len"), 1)
         self.src_vocab = Vocabulary.load(self.path / "vocab.src")
         self.tgt_vocab = Vocabulary.load(self.path / "vocab.tgt")
         self.max_len: int = self.meta["max_len"]

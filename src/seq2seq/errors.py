@@ -4,6 +4,8 @@ stopping) go through `logging`, one logger per module."""
 
 import math
 import reprlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # The decoding ranges of `search.check_decoding`, here so that the server's limits (and the
 # CLI's options made from them) can name them without loading torch.
@@ -78,23 +80,50 @@ def check_text(name: str, texts: list[str]) -> None:
 
 
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
-                 above: bool = False, why: str = "") -> None:
-    """ArgumentError naming `name` unless `value` is a finite number in [low, high] (in
-    (low, high] if `above`). The one range check of the library's real-valued arguments."""
+                 above: bool = False, below: bool = False, why: str = "") -> None:
+    """ArgumentError naming `name` unless `value` is a finite number in [low, high] (low
+    itself excluded if `above`, high if `below`). The one range check of real-valued
+    arguments: the library's, the config's keys (`seq2seq.config`), the server's limits."""
     if isinstance(value, bool) or not isinstance(value, int | float) or \
             not math.isfinite(value) or not (low < value if above else low <= value) or \
-            value > high:
-        bound = f"{'>' if above else '>='} {low:g}" if math.isinf(high) else \
-            f"in {'(' if above else '['}{low:g}, {high:g}]"
-        raise ArgumentError(f"{name} must be a finite number {bound}{why}, got {shown(value)}",
-                            argument=name)
+            not (value < high if below else value <= high):
+        raise ArgumentError(f"{name} must be a finite number "
+                            f"{_within(number_range(low, high, above, below))}{why}, got "
+                            f"{shown(value)}", argument=name)
 
 
 def check_integer(name: str, value, low: int, high: int | None = None, why: str = "") -> None:
     """ArgumentError naming `name` unless `value` is an integer in low..high (`why` says
-    where a bound comes from). The one range check of the library's integer arguments."""
+    where a bound comes from). The one range check of integer arguments, as above."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low or \
             (high is not None and value > high):
-        allowed = (f"in {low}..{high}" if high is not None else f">= {low}") + why
-        raise ArgumentError(f"{name} must be an integer {allowed}, got {shown(value)}",
-                            argument=name)
+        raise ArgumentError(f"{name} must be an integer {_within(integer_range(low, high))}"
+                            f"{why}, got {shown(value)}", argument=name)
+
+
+def number_range(low: float, high: float = math.inf, above: bool = False,
+                 below: bool = False) -> str:
+    """`check_number`'s words for a range: ">= 0", "> 0", "[0, 10]", "[0, 1)", "(0, 1]"."""
+    if math.isinf(high):
+        return f"{'>' if above else '>='} {low:g}"
+    return f"{'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
+
+
+def integer_range(low: int, high: int | None = None) -> str:
+    """`check_integer`'s words for a range: "1..256", or ">= 1" without a high."""
+    return f"{low}..{high}" if high is not None else f">= {low}"
+
+
+def _within(words: str) -> str:
+    return words if words.startswith(">") else f"in {words}"
+
+
+@contextmanager
+def reported_as(error: type[Seq2SeqError], where: str) -> Iterator[None]:
+    """An ArgumentError of the block raised as `error`, its message after `where`: a
+    config key out of range is a ConfigError naming the file, in the words of the shared
+    checks ("run.yaml: optim.lr must be a finite number > 0, got 0.0")."""
+    try:
+        yield
+    except ArgumentError as err:
+        raise error(f"{where}: {err}") from None

@@ -28,7 +28,8 @@ TEMP_MARK = ".tmp-"  # temporary files are named `.{target name}.tmp-{random}`
 
 
 def temp_files(path: Path) -> list[Path]:
-    """The temporary files that `atomic_file(path)` calls cut short by a kill left behind."""
+    """The temporary files that `atomic_file(path)` calls cut short by a kill left behind
+    (`path`'s name may be a glob pattern: "step-*.pt")."""
     return sorted(path.parent.glob(f".{path.name}{TEMP_MARK}*"))
 
 

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from seq2seq.errors import check_integer, check_number
+
 # ------------------------------------------------------------------ Student's t
 
 
@@ -64,8 +66,8 @@ def t_cdf(t: float, df: int) -> float:
 
 def t_quantile(p: float, df: int) -> float:
     """The t with P(T <= t) = p (0 < p < 1), by bisection on `t_cdf`."""
-    if not 0.0 < p < 1.0 or df < 1:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
+    check_number("p", p, 0.0, 1.0, above=True, below=True)
+    check_integer("df", df, 1)
     lo, hi = -1e6, 1e6
     for _ in range(200):
         mid = (lo + hi) / 2

@@ -12,14 +12,13 @@ validations without a new best; `train.keep_last` / `keep_best` keep numbered ch
 
 Re-running the same command on the same run directory resumes from `last.pt`: model,
 optimizer, schedule, data position, RNG and the best so far, so the result equals an
-uninterrupted run.
+uninterrupted run. What the run directory holds, and how: `seq2seq.rundir`.
 Under `torchrun`, each global batch is split over the ranks and DistributedDataParallel
 averages the gradients; only rank 0 writes files.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -34,15 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm import tqdm
 
 from seq2seq.checkpoint import (
     check_resumable,
     load_checkpoint,
     model_bundle,
-    numbered_checkpoints,
-    numbered_path,
     save_checkpoint,
     training_checkpoint,
 )
@@ -59,15 +55,12 @@ from seq2seq.device import (
 )
 from seq2seq.errors import ArgumentError, ConfigError, InUse, Seq2SeqError, TrainingStopped
 from seq2seq.evaluate import bleu_chrf
-from seq2seq.files import atomic_file, exclusive_lock, make_folder, temp_files
 from seq2seq.model import Seq2Seq, count_parameters
+from seq2seq.rundir import RunDir
 from seq2seq.search import check_decoding
 from seq2seq.translator import Translator
 
 log = logging.getLogger(__name__)
-
-LOCK_FILE = "train.lock"  # in the run directory; holds the PID of the run training there
-CHECKPOINTS = ("last.pt", "best.pt")
 
 
 def clip_grad_norm(params: Iterable[torch.nn.Parameter], max_norm: float) -> float:
@@ -103,7 +96,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path):
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir, tensorboard=cfg.train.tensorboard)
         self.rank, self.world = _dist_info()
         self.device = resolve_device(cfg.train.device)
         self.data = DataDir(data_dir)
@@ -138,8 +131,6 @@ class Trainer:
         if "bleu" in cfg.train.valid_metrics:
             _check_valid_beam(cfg.train.valid_beam)
             self.bleu_text = self.data.valid_text(cfg.train.valid_bleu_sentences)
-        self._summary_writer = _summary_writer_class(cfg.train.tensorboard)
-        self.scalars = None  # TensorBoard's writer, on rank 0, once the run has started
         # Wall seconds of training so far, across resumptions (time lost to a kill after
         # the last checkpoint is not counted: it is the time of an uninterrupted run).
         self._seconds_before = 0.0
@@ -152,7 +143,7 @@ class Trainer:
         The run directory is locked meanwhile: a second run on it is refused (InUse)."""
         window = _Window()
         last_valid: dict[str, Any] = {}
-        with self._run_dir_lock(), _StopSignals() as stop:
+        with _locked_by_rank0(self.run, self.rank, self.world, self.device), _StopSignals() as stop:
             self._start()
             bar = tqdm(total=self._total_steps(), initial=self.step, unit="step",
                        disable=None if self.rank == 0 else True, dynamic_ncols=True,
@@ -166,49 +157,21 @@ class Trainer:
             bar.close()
             return self._finish(last_valid)
 
-    @contextmanager
-    def _run_dir_lock(self) -> Iterator[None]:
-        """Rank 0 makes the run directory and holds its lock (`LOCK_FILE`) while the block
-        runs; under torchrun the other ranks learn whether it could, and stop with it."""
-        with ExitStack() as held:
-            refused: Seq2SeqError | None = None
-            if self.rank == 0:
-                try:
-                    make_folder(self.run_dir)
-                    held.enter_context(exclusive_lock(self.run_dir / LOCK_FILE,
-                                                      f"the run directory {self.run_dir}"))
-                except Seq2SeqError as err:
-                    refused = err
-            if self.world > 1:
-                flag = torch.tensor([int(refused is not None)], device=self.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if flag.item() and refused is None:
-                    refused = InUse(f"{self.run_dir}: rank 0 could not take the run "
-                                    "directory (see its message)")
-            if refused is not None:
-                raise refused
-            yield
-
     def _start(self) -> None:
-        """Resume from the run directory's last.pt if there is one, else begin the run."""
-        last = self.run_dir / "last.pt"
+        """Resume from the run directory's last.pt if there is one, else begin the run;
+        the metrics log goes on from the step resumed."""
         if self.rank == 0:
-            for name in CHECKPOINTS:  # saves cut short by a kill
-                for stale in temp_files(self.run_dir / name):
-                    stale.unlink()
-        if last.exists():
-            self._resume(last)
+            self.run.remove_leftovers()
+        if self.run.last.exists():
+            self._resume(self.run.last)
         elif self.rank == 0:
-            (self.run_dir / "config.yaml").write_text(
-                yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+            self.run.write_config(self.cfg.to_dict())
             n = count_parameters(self.model)
             log.info(f"model: {n['total']:,} parameters ({n['encoder_lstm']:,} encoder "
                      f"LSTM, {n['decoder_lstm']:,} decoder LSTM); device {self.device}; "
                      f"{len(self.stream.corpus):,} training pairs; world size {self.world}")
-        if self.rank == 0 and self._summary_writer:
-            # purge_step: TensorBoard hides what an interrupted run wrote after last.pt
-            self.scalars = self._summary_writer(self.run_dir / "tb",
-                                                purge_step=self.step or None)
+        if self.rank == 0:
+            self.run.start_log(self.step)
         self._clock = time.perf_counter()
 
     def _finished(self) -> bool:
@@ -234,7 +197,7 @@ class Trainer:
             record["elapsed_s"] = round(self.elapsed(), 1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}",
                             tok_s=f"{record['tgt_tok_s']:,.0f}")
-            self._write_metrics(record)
+            self._log(record)
             log.info(_format(record))
         if self.step % cfg.train.valid_every == 0:
             last_valid = self._validate_and_save()
@@ -245,30 +208,25 @@ class Trainer:
     def _finish(self, last_valid: dict[str, Any]) -> dict[str, Any]:
         """The validation of the last step: `last_valid`, the logged one of a finished run
         resumed, or a new one (which also saves the checkpoints)."""
-        if not last_valid:
-            last_valid = self._logged_validation(self.step)
+        if not last_valid and self.world == 1:  # under DDP only rank 0 could read the log
+            last_valid = self.run.logged_validation(self.step)
         if not last_valid or last_valid.get("step") != self.step:
             last_valid = self._validate_and_save()
-        if self.scalars:
-            self.scalars.close()
+        self.run.close_log()
         return last_valid
 
     def _stop_requested(self, signum: int | None) -> bool:
         """Whether any rank got SIGINT/SIGTERM (the ranks agree, so all stop together)."""
-        if self.world == 1:
-            return signum is not None
-        flag = torch.tensor([0 if signum is None else 1], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return _on_any_rank(signum is not None, self.world, self.device)
 
     def _interrupted(self, signum: int | None) -> None:
         """Save where we are and stop; re-running the same command resumes from here."""
         import signal
 
-        self.save("last.pt")
+        self.save(self.run.last)
         name = signal.Signals(signum).name if signum else "a signal on another rank"
         raise TrainingStopped(
-            f"interrupted by {name} at step {self.step}: saved {self.run_dir / 'last.pt'}; "
+            f"interrupted by {name} at step {self.step}: saved {self.run.last}; "
             "run the same command again to resume", exit_code=128 + (signum or 15))
 
     # ------------------------------------------------------------------ one update
@@ -345,16 +303,12 @@ class Trainer:
             release_free_memory(self.device)  # see there: glibc's heap fragments
 
     def _finite(self, loss: torch.Tensor, grad_norm: float) -> bool:
-        """Whether this update's loss and gradient norm are finite, on every rank. Under
-        fp16 the GradScaler skips overflowing steps itself, so nothing is checked."""
-        if self.precision == "fp16":
+        """Whether this update's loss and gradient norm are finite, on every rank. A
+        GradScaler in use (fp16) skips overflowing steps itself, so nothing is checked."""
+        if self.scaler.is_enabled():
             return True
         ok = math.isfinite(float(loss.detach())) and math.isfinite(grad_norm)
-        if self.world > 1:  # the ranks must agree to skip or stop
-            flag = torch.tensor([int(ok)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            ok = bool(flag.item())
-        return ok
+        return not _on_any_rank(not ok, self.world, self.device)  # all skip or stop
 
     def _nonfinite(self, loss: torch.Tensor, grad_norm: float, lr: float) -> dict[str, float]:
         """Stop the run (train.nonfinite=stop), or skip the batch without an update."""
@@ -362,7 +316,7 @@ class Trainer:
                 f"{grad_norm} (not finite)")
         self.optimizer.zero_grad(set_to_none=True)
         if self.cfg.train.nonfinite == "stop":
-            saved = (f"{self.run_dir / 'last.pt'} (step {self._saved_step}) is the last good "
+            saved = (f"{self.run.last} (step {self._saved_step}) is the last good "
                      "checkpoint" if self._saved_step is not None else "no checkpoint yet")
             raise TrainingStopped(
                 f"{what}; stopped before updating the weights; {saved}. Lower optim.lr, or "
@@ -424,15 +378,15 @@ class Trainer:
             improved, kept, dropped = self.selection.add(record)
             self.best_valid_ppl = min(self.best_valid_ppl, record["valid_ppl"])
             if improved:
-                self.save("best.pt", training=False)
+                self.save(self.run.best, training=False)
             if kept:
-                self.save(numbered_path(self.run_dir, "best", self.step).name, training=False)
+                self.save(self.run.numbered("best", self.step), training=False)
         self._save_last()
-        self._remove([numbered_path(self.run_dir, "best", step) for step in dropped])
+        self._remove([self.run.numbered("best", step) for step in dropped])
         record["best"] = improved
         if reason := self.selection.stop_reason():
             record["early_stop"] = reason
-        self._write_metrics(record)
+        self._log(record)
         bleu = f" | valid BLEU {record['valid_bleu']:.2f}" if "valid_bleu" in record else ""
         log.info(f"step {record['step']} | epoch {record['epoch']:.2f} | valid ppl "
                  f"{record['valid_ppl']:.2f}{bleu}" + (" (best)" if improved else "")
@@ -463,30 +417,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save(self, name: str, training: bool = True) -> None:
-        """Write the model bundle (`training`: the training checkpoint) to run_dir/name."""
+    def save(self, path: Path, training: bool = True) -> None:
+        """Write the model bundle (`training`: the training checkpoint) to `path`."""
         state = model_bundle(self.cfg, self.model, self.data, self.step, self.best_valid_ppl)
         if training:  # on every rank: it gathers the RNG states
             state = training_checkpoint(
                 state, optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
-                data_stream=self.stream.state_dict(), rng=self._rng_states(),
+                data_stream=self.stream.state_dict(), rng=_rng_states(self.world),
                 elapsed=self.elapsed(), selection=self.selection.state_dict(),
                 ema=self.ema.state_dict() if self.ema else None)
         if self.rank == 0:
-            save_checkpoint(state, self.run_dir / name)
+            save_checkpoint(state, path)
         if training:
             self._saved_step = self.step
 
     def _save_last(self) -> None:
         """last.pt; with train.keep_last, also step-N.pt, and then the oldest beyond
         keep_last removed (only once the new one is written)."""
-        self.save("last.pt")
-        keep = self.cfg.train.keep_last
-        if keep:
+        self.save(self.run.last)
+        if keep := self.cfg.train.keep_last:
             with self._averaged():
-                self.save(numbered_path(self.run_dir, "step", self.step).name,
-                          training=False)
-            self._remove(numbered_checkpoints(self.run_dir, "step")[:-keep])
+                self.save(self.run.numbered("step", self.step), training=False)
+            self._remove(self.run.numbered_checkpoints("step")[:-keep])
 
     def _remove(self, paths: list[Path]) -> None:
         if self.rank == 0:
@@ -495,7 +447,7 @@ class Trainer:
 
     def _resume(self, last: Path) -> None:
         """Continue from the training checkpoint `last`: weights, optimizer, data position,
-        RNG, clock; metric lines written after it are dropped."""
+        RNG, clock."""
         state = load_checkpoint(last, map_location=self.device, training=True)
         check_resumable(state, self.cfg, self.data, last)
         self.model.load_state_dict(state["model"])
@@ -509,45 +461,11 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self._seconds_before = float(state["elapsed"])
         _set_rng_states(state["rng"][self.rank % len(state["rng"])])  # more ranks: reuse
-        if self.rank == 0:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         log.info(f"resumed {last} at step {self.step} (epoch {self.stream.epoch:.4f})")
 
-    def _rng_states(self) -> list[dict[str, Any]]:
-        """The RNG states of all ranks, rank r's at index r (each draws its own dropout)."""
-        mine = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-        if self.world == 1:
-            return [mine]
-        states: list[dict[str, Any]] = [{}] * self.world
-        dist.all_gather_object(states, mine)
-        return states
-
-    # ------------------------------------------------------------------ metrics.jsonl
-
-    def _logged_validation(self, step: int) -> dict[str, Any]:
-        """The validation record of `step` in metrics.jsonl, or {}. Under DDP always {}:
-        the ranks must agree on validating, and only rank 0 has the file."""
-        path = self.run_dir / "metrics.jsonl"
-        if self.world > 1 or not path.exists():
-            return {}
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return next((r for r in reversed(records)
-                     if r.get("step") == step and "valid_ppl" in r), {})
-
-    def _write_metrics(self, record: dict[str, Any]) -> None:
-        """One line of metrics.jsonl; with train.tensorboard, its numbers as scalars too."""
-        if self.rank != 0:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.scalars:
-            for name, value in record.items():
-                if name != "step" and isinstance(value, int | float) and \
-                        not isinstance(value, bool):
-                    self.scalars.add_scalar(name, value, record["step"])
-            if "valid_ppl" in record:
-                self.scalars.flush()
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.run.log(record)
 
 
 class Selection:
@@ -648,19 +566,6 @@ def _check_valid_beam(beam: int) -> None:
         raise ConfigError(f"train.valid_beam: {err}") from None
 
 
-def _summary_writer_class(wanted: bool):
-    """TensorBoard's SummaryWriter class if train.tensorboard asks for it, else None;
-    ConfigError at once if the package is missing."""
-    if not wanted:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("train.tensorboard: true needs the tensorboard package: pip install "
-                          "'seq2seq[tensorboard]' (or pip install tensorboard)") from None
-    return SummaryWriter
-
-
 def train(cfg: Config, data_dir: str | Path, run_dir: str | Path) -> dict[str, Any]:
     """Train (or resume) a run; returns the final validation record. Works under torchrun."""
     init_distributed(cfg.train.device)
@@ -686,6 +591,35 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _on_any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether `flag` holds on any rank: every rank calls it, and all get the answer."""
+    if world == 1:
+        return flag
+    agreed = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return bool(agreed.item())
+
+
+@contextmanager
+def _locked_by_rank0(run: RunDir, rank: int, world: int, device: torch.device
+                     ) -> Iterator[None]:
+    """Rank 0 makes the run directory and holds its lock while the block runs; under
+    torchrun the other ranks learn whether it could, and stop with it."""
+    with ExitStack() as held:
+        refused: Seq2SeqError | None = None
+        if rank == 0:
+            try:
+                held.enter_context(run.locked())
+            except Seq2SeqError as err:
+                refused = err
+        if _on_any_rank(refused is not None, world, device) and refused is None:
+            refused = InUse(f"{run.path}: rank 0 could not take the run directory (see its "
+                            "message)")
+        if refused is not None:
+            raise refused
+        yield
+
+
 def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer:
     # Fused kernels update all parameters in one pass (4-5x faster than the loop on a CPU).
     if optim.optimizer == "adam":
@@ -693,22 +627,24 @@ def _make_optimizer(model: Seq2Seq, optim: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(model.parameters(), lr=optim.lr, fused=True)
 
 
+def _rng_states(world: int) -> list[dict[str, Any]]:
+    """The RNG states of all `world` ranks, rank r's at index r (each draws its own
+    dropout); under torchrun every rank must call it."""
+    mine = {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    if world == 1:
+        return [mine]
+    states: list[dict[str, Any]] = [{}] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
 def _set_rng_states(rng: dict[str, Any]) -> None:
-    """Restore this process's RNGs from one rank's entry of `Trainer._rng_states`."""
+    """Restore this process's RNGs from one rank's entry of `_rng_states`."""
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past `step` (written after the checkpoint we resume from)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    with atomic_file(path, "w") as f:
-        f.write("".join(keep))
 
 
 class _StopSignals:

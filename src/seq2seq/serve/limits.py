@@ -9,7 +9,14 @@ import math
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from seq2seq.errors import MAX_BEAM, ArgumentError, check_integer, check_number
+from seq2seq.errors import (
+    MAX_BEAM,
+    ArgumentError,
+    check_integer,
+    check_number,
+    integer_range,
+    number_range,
+)
 
 
 def limit(default: Any, flag: str, help: str, low: float = 1, high: float | None = None,
@@ -21,13 +28,13 @@ def limit(default: Any, flag: str, help: str, low: float = 1, high: float | None
 
 
 def allowed_range(f: Field) -> str:
-    """A field's range in the words of its error message: "1..256", ">= 1", "> 0"; "" for
-    a list."""
+    """A field's range in the words of its error message (`errors.integer_range`,
+    `number_range`): "1..256", ">= 1", "> 0"; "" for a list."""
     low, high = f.metadata["low"], f.metadata["high"]
     if isinstance(f.default, int):
-        return f"{low}..{high}" if high is not None else f">= {low}"
+        return integer_range(low, high)
     if isinstance(f.default, float):
-        return f"{'>' if f.metadata['above'] else '>='} {low:g}"
+        return number_range(low, math.inf if high is None else high, f.metadata["above"])
     return ""
 
 
@@ -47,7 +54,8 @@ def check_fields(limits: Any) -> None:
         if isinstance(f.default, int):
             check_integer(f.name, value, meta["low"], meta["high"], why)
         elif isinstance(f.default, float):
-            check_number(f.name, value, meta["low"], meta["high"] or math.inf,
+            check_number(f.name, value, meta["low"],
+                         math.inf if meta["high"] is None else meta["high"],
                          above=meta["above"], why=why)
 
 

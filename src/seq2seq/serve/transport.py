@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
+from seq2seq.config import DEFAULT_DEVICE, DEFAULT_PRECISION
 from seq2seq.errors import check_integer
 from seq2seq.serve.limits import Batching, Guard, Limits
 
@@ -68,8 +69,9 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          precision: str = "fp32", limits: Limits | None = None,
+def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000,
+          device: str = DEFAULT_DEVICE, precision: str = DEFAULT_PRECISION,
+          limits: Limits | None = None,
           batching: Batching | None = None, guard: Guard | None = None) -> None:
     """Load the checkpoints (several = an ensemble) and serve them until interrupted.
 
