@@ -110,6 +110,12 @@ DEVICES: tuple[str, ...] = typing.get_args(Device)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 DECODE_PRECISIONS = (*PRECISIONS, "int8")  # int8: decoding, on the CPU only
 
+# The defaults of a vocabulary shortlist (`seq2seq.shortlist.build_shortlist`, whose
+# docstring says why these), declared here for the CLI's options (no torch imported).
+SHORTLIST_TRANSLATIONS = 50  # target pieces per source piece
+SHORTLIST_FREQUENT = 500  # most frequent target pieces
+SHORTLIST_ITERATIONS = 5  # EM rounds of IBM Model 1
+
 
 @dataclass
 class TrainConfig:
