@@ -70,8 +70,10 @@ class BodyLimit:
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           precision: str = "fp32", limits: Limits | None = None,
-          batching: Batching | None = None, guard: Guard | None = None) -> None:
-    """Load the checkpoints (several = an ensemble) and serve them until interrupted.
+          batching: Batching | None = None, guard: Guard | None = None,
+          shortlist: str | None = None) -> None:
+    """Load the checkpoints (several = an ensemble), with a vocabulary `shortlist` file if
+    given (`Translator.load`), and serve them until interrupted.
 
     An entry point: it tunes the process for decoding (`seq2seq.device.setup_process`)."""
     import uvicorn
@@ -82,7 +84,8 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000, device: 
 
     check_integer("port", port, 1, 65535, " (--port)")
     setup_process("decode", resolve_device(device))
-    translator = Translator.load(models, device=device, precision=precision)
+    translator = Translator.load(models, device=device, precision=precision,
+                                 shortlist=shortlist)
     app = create_app(translator, limits, batching, [str(m) for m in models], guard)
     uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="info")).run()
 
