@@ -12,6 +12,12 @@ throughput and peak memory; `run_onmt_translate` decodes the test sources with o
 size and reports speed, peak memory and detokenized sacreBLEU. Each run is a fresh
 `onmt_train` / `onmt_translate` process with 2 threads.
 
+Our decoding runs exact in each of `--precisions`, and with a vocabulary shortlist in each
+of `--shortlist-precisions` (rows "seq2seq int8 + shortlist", "seq2seq bf16 + shortlist":
+the benchmark data's shortlist, `bench_shortlist`, of `--shortlist-translations` and
+`--shortlist-frequent`, by default `seq2seq shortlist`'s), each row with its BLEU, to set
+beside the exact row's.
+
     .venv/bin/python -m bench.peers --onmt-smoke     # a few seconds of each, not a benchmark
 """
 
@@ -42,6 +48,7 @@ from bench.common import (
     process_tree,
     run_child,
 )
+from seq2seq.config import SHORTLIST_FREQUENT, SHORTLIST_TRANSLATIONS
 
 BENCH = Path(__file__).resolve().parent
 PEERS_DIR = BENCH / ".peers"
@@ -380,11 +387,33 @@ def train_ours_model(steps: int, precision: str) -> Path:
     return run / "best.pt"
 
 
-def run_ours_translate(model: Path, beam: int, precision: str) -> dict:
-    """Our decoding speed and BLEU (bench/decode_speed.py, a fresh process)."""
+def bench_shortlist(translations: int, frequent: int) -> Path:
+    """The vocabulary shortlist of the benchmark data (`seq2seq shortlist`), built unless
+    one of these sizes for the data's vocabularies is there already."""
+    from seq2seq.data import DataDir
+    from seq2seq.errors import CheckpointError
+    from seq2seq.shortlist import Shortlist
+
+    out = WORK / "peers" / f"shortlist-{translations}-{frequent}.pt"
+    data = DataDir(BENCH_DATA)
+    try:
+        Shortlist.load(out, data.src_vocab, data.tgt_vocab)
+    except CheckpointError:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "seq2seq", "shortlist", "--data", str(BENCH_DATA),
+                        "--out", str(out), "--translations", str(translations),
+                        "--frequent", str(frequent)], check=True)
+    return out
+
+
+def run_ours_translate(model: Path, beam: int, precision: str,
+                       shortlist: Path | None = None) -> dict:
+    """Our decoding speed and BLEU (bench/decode_speed.py, a fresh process), with a
+    vocabulary shortlist if given."""
+    extra = ["--shortlist", str(shortlist)] if shortlist else []
     return run_child(["-m", "bench.decode_speed", "--child", "--model", str(model),
                       "--beams", str(beam), "--precision", precision,
-                      "--sentences", str(TEST_SENTENCES), "--batch-size", "64"])
+                      "--sentences", str(TEST_SENTENCES), "--batch-size", "64", *extra])
 
 
 # --------------------------------------------------------------------------- main
@@ -441,6 +470,15 @@ def main() -> None:
                         choices=["bf16", "fp32", "int8"],
                         help="ours, each against the peer: training (bf16, fp32), and "
                              "decoding (all)")
+    parser.add_argument("--shortlist-precisions", nargs="*", default=["int8", "bf16"],
+                        choices=["bf16", "fp32", "int8"],
+                        help="ours again in decoding, with the benchmark data's vocabulary "
+                             "shortlist (rows 'seq2seq P + shortlist'); none: no such rows")
+    parser.add_argument("--shortlist-translations", type=int, default=SHORTLIST_TRANSLATIONS,
+                        metavar="K", help="its target words per source word (default "
+                                          "%(default)s, `seq2seq shortlist`'s)")
+    parser.add_argument("--shortlist-frequent", type=int, default=SHORTLIST_FREQUENT,
+                        metavar="N", help="its frequent target words (default %(default)s)")
     parser.add_argument("--peer-precisions", nargs="+", default=["fp32", "int8"],
                         choices=["fp32", "int8"],
                         help="OpenNMT-py's decoding precisions (it trains in fp32)")
@@ -481,7 +519,7 @@ def main() -> None:
     peer = f"OpenNMT-py {ONMT_VERSION} fp32"
     peer_int8 = f"OpenNMT-py {ONMT_VERSION} int8" if "int8" in args.peer_precisions else None
     ours = {f"seq2seq {p}": p for p in args.precisions if p != "int8"}  # training
-    ours_decode = {f"seq2seq {p}": p for p in args.precisions}
+    ours_decode = {f"seq2seq {p}": (p, None) for p in args.precisions}
     WORK.mkdir(parents=True, exist_ok=True)
     log = open(args.json, "w", encoding="utf-8")
 
@@ -522,6 +560,10 @@ def main() -> None:
     #    once, in bf16 (the precision we recommend on CPUs with AVX-512 BF16), and decoded in
     #    each precision.
     model = train_ours_model(args.quality_steps, "bf16")
+    if args.shortlist_precisions:
+        shortlist = bench_shortlist(args.shortlist_translations, args.shortlist_frequent)
+        ours_decode |= {f"seq2seq {p} + shortlist": (p, shortlist)
+                        for p in args.shortlist_precisions}
     onmt_model = ONMT_WORK / "quality" / f"model_step_{args.quality_steps}.pt"
     if not onmt_model.exists():
         onmt_model = Path(run_onmt_train(args.quality_steps, out_dir=ONMT_WORK / "quality")
@@ -533,8 +575,9 @@ def main() -> None:
         (name, beam): [] for beam in args.beams for name in [*ours_decode, *peers]}
     for _ in range(args.rounds):
         for beam in args.beams:
-            for name, p in ours_decode.items():
-                decode[(name, beam)].append(record(run_ours_translate(model, beam, p)))
+            for name, (p, shortlist) in ours_decode.items():
+                decode[(name, beam)].append(record(run_ours_translate(model, beam, p,
+                                                                      shortlist)))
             for name, p in peers.items():
                 decode[(name, beam)].append(record(run_onmt_translate(onmt_model, beam,
                                                                       precision=p)))

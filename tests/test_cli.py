@@ -581,3 +581,110 @@ def test_average_writes_a_checkpoint_translate_loads_and_refuses_other_models(
     one_line_error(code, err, f"--out {best} is the same file as --model {best}")
     assert best.read_bytes() == before
     assert torch.is_tensor(load_checkpoint(tmp_path / "mean.pt")["model"]["encoder.embed.weight"])
+
+
+@pytest.fixture(scope="module")
+def shortlist_file(data_dir, tmp_path_factory) -> Path:
+    """A small shortlist of the tiny model's data: 3 translations per source word, 30
+    frequent words."""
+    out = tmp_path_factory.mktemp("shortlist") / "shortlist.pt"
+    assert main(["shortlist", "--data", str(data_dir), "--out", str(out), "--translations",
+                 "3", "--frequent", "30", "--iterations", "2"]) == 0
+    return out
+
+
+def test_shortlist_writes_what_it_was_asked_for(capsys, tmp_path, data_dir):
+    from seq2seq.shortlist import build_shortlist
+
+    out = tmp_path / "s.pt"
+    code, printed, _ = run(capsys, "shortlist", "--data", data_dir, "--out", out,
+                           "--translations", 2, "--frequent", 7, "--iterations", 1)
+    assert code == 0 and printed.startswith(f"{out}: 2 translations of each of")
+    expected = build_shortlist(data_dir, translations=2, frequent=7, iterations=1)
+    state = torch_load(out)
+    assert state["table"].equal(expected.table) and state["frequent"].equal(expected.frequent)
+
+
+def torch_load(path):
+    import torch
+
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--translations", "0"], "translations must be an integer >= 1, got 0"),
+    (["--iterations", "0"], "iterations must be an integer >= 1, got 0"),
+])
+def test_shortlist_bad_arguments(capsys, tmp_path, data_dir, args, message):
+    code, _, err = run(capsys, "shortlist", "--data", data_dir, "--out", tmp_path / "s.pt", *args)
+    one_line_error(code, err, message)
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_shortlist_refuses_to_overwrite_its_data_and_a_missing_data_dir(capsys, tmp_path,
+                                                                       data_dir):
+    code, _, err = run(capsys, "shortlist", "--data", data_dir, "--out", data_dir / "vocab.tgt")
+    one_line_error(code, err, "--out", "is the same file as --data")
+    code, _, err = run(capsys, "shortlist", "--data", tmp_path, "--out", tmp_path / "s.pt")
+    one_line_error(code, err, "not a data directory")
+
+
+def test_translate_and_evaluate_decode_with_the_shortlist(capsys, tmp_path, corpus, trained_run,
+                                                          shortlist_file):
+    from seq2seq.translator import Translator
+
+    model, src = trained_run / "best.pt", corpus["valid_src"]
+    lines = src.read_text(encoding="utf-8").splitlines()
+    listed = Translator.load(model, device="cpu", shortlist=shortlist_file)
+    exact = Translator.load(model, device="cpu")
+    code, out, _ = run(capsys, "translate", "--model", model, "--shortlist", shortlist_file,
+                       "--input", src, "--beam", 2, "--nbest", 2)
+    assert code == 0
+    # the scores are normalised over the shortlist: not the exact ones
+    for want in (listed, exact):
+        printed = [f"{i} ||| {text} ||| {score:.4f}" for i, t in
+                   enumerate(want.translate(lines, beam=2, nbest=2)) for text, score in t.nbest]
+        assert (out.splitlines() == printed) == (want is listed)
+    hyps = tmp_path / "hyps.fr"
+    code, out, _ = run(capsys, "evaluate", "--model", model, "--shortlist", shortlist_file,
+                       "--src", src, "--ref", corpus["valid_tgt"], "--beam", 2, "--json",
+                       "--hyps", hyps)
+    assert code == 0 and json.loads(out)["shortlist"] == str(shortlist_file)
+    assert hyps.read_text(encoding="utf-8").splitlines() == [
+        t.text for t in listed.translate(lines, beam=2)]
+
+
+def test_a_shortlist_of_other_data_or_a_bad_one_is_a_one_line_error(capsys, tmp_path, corpus,
+                                                                    trained_run):
+    (tmp_path / "a.en").write_text("the cat\nthe dog\n")
+    (tmp_path / "a.fr").write_text("le chat\nle chien\n")
+    code, _, _ = run(capsys, *prepare_args(tmp_path / "a.en", tmp_path / "a.fr", tmp_path / "d"))
+    assert code == 0
+    other = tmp_path / "other.pt"
+    assert main(["shortlist", "--data", str(tmp_path / "d"), "--out", str(other)]) == 0
+    capsys.readouterr()
+    model = trained_run / "best.pt"
+    for verb in (["translate", "--input", corpus["valid_src"]],
+                 ["evaluate", "--src", corpus["valid_src"], "--ref", corpus["valid_tgt"]],
+                 ["serve"]):
+        code, _, err = run(capsys, *verb, "--model", model, "--shortlist", other)
+        one_line_error(code, err, f"{other}: built for another source vocabulary")
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    code, _, err = run(capsys, "serve", "--model", model, "--shortlist", tmp_path / "bad.pt")
+    one_line_error(code, err, f"{tmp_path / 'bad.pt'}: not a readable shortlist")
+
+
+def test_serve_decodes_with_its_shortlist(capsys, monkeypatch, trained_run, shortlist_file):
+    import httpx
+    import uvicorn
+
+    from conftest import running
+
+    apps = []
+    with monkeypatch.context() as patch:  # serve builds the app, and does not run it
+        patch.setattr(uvicorn.Server, "run", lambda self, *a, **k: apps.append(self.config.app))
+        code, _, _ = run(capsys, "serve", "--model", trained_run / "best.pt", "--shortlist",
+                         shortlist_file)
+    assert code == 0
+    with running(apps[0]) as url:
+        assert httpx.get(f"{url}/health").json()["shortlist"] is True

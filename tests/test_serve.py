@@ -95,7 +95,7 @@ def test_score_needs_as_many_targets_as_sources(client):
 def test_health_and_openapi(client, trained_run):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["device"] == "cpu"
-    assert health["precision"] == "fp32"
+    assert health["precision"] == "fp32" and health["shortlist"] is False
     assert health["models"] == ["best.pt"] and health["batching"]  # no absolute path
     schema = client.get("/openapi.json").json()
     assert {"/translate", "/score", "/health"} <= set(schema["paths"])

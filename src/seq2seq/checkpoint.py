@@ -152,18 +152,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     `training`, of a training checkpoint).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        _check_archive(path)
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as err:  # torch raises many types for a damaged file; all mean the same
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:200]}"
-        ) from None
+    state = read_torch_file(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a seq2seq checkpoint")
     if state.get("version") not in READS:
@@ -179,6 +168,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         what = "a training checkpoint" if training else "a model checkpoint"
         raise CheckpointError(f"{path}: lacks {', '.join(missing)} (not {what})")
     return state
+
+
+def read_torch_file(path: Path, what: str, map_location: str | torch.device = "cpu") -> Any:
+    """What `torch.save` wrote to `path`, read with `torch.load(weights_only=True)` after the
+    archive check; CheckpointError naming the file and `what` it should be (a checkpoint, a
+    shortlist) if it is missing or cannot be read."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        _check_archive(path)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # torch raises many types for a damaged file; all mean the same
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path}: not a readable {what} (truncated or corrupt?): {first[:200]}"
+        ) from None
 
 
 def _check_archive(path: Path) -> None:

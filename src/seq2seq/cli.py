@@ -23,6 +23,9 @@ from seq2seq.config import (
     DEFAULT_PRECISION,
     DEVICES,
     PRECISION_HELP,
+    SHORTLIST_FREQUENT,
+    SHORTLIST_ITERATIONS,
+    SHORTLIST_TRANSLATIONS,
 )
 from seq2seq.errors import DataError, Seq2SeqError, TrainingStopped, check_integer
 from seq2seq.files import check_not_an_input
@@ -51,6 +54,9 @@ EXAMPLES = {
             "  seq2seq plot curves runs/forward runs/reversed --out plots/curves",
     "serve": "seq2seq serve --model runs/tatoeba/best.pt --port 8000  "
              "# then open http://127.0.0.1:8000/",
+    "shortlist": "seq2seq shortlist --data work/data --out runs/tatoeba/shortlist.pt\n"
+                 "  seq2seq translate --model runs/tatoeba/best.pt --shortlist "
+                 "runs/tatoeba/shortlist.pt --precision int8 < test.en",
 }
 INPUT_CHUNK = 2000  # lines translated at a time, so memory does not grow with the input
 
@@ -160,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="default: stdout")
     p.add_argument("--nbest", type=int, default=1, metavar="N",
                    help="with N > 1, print Moses n-best lines: index ||| text ||| score")
+    _shortlist_arg(p)
     _progress_arg(p)
 
     p = verb("score", "Print log p(T|S) of each sentence pair.", cmd_score)
@@ -177,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyps", metavar="FILE", help="also write the translations here")
     p.add_argument("--by-length", action="store_true",
                    help="also print BLEU by source length (Figure 3, left)")
+    _shortlist_arg(p)
     _progress_arg(p)
 
     p = verb("rescore", "Re-rank an n-best list with the model's log p(T|S) (Table 2).",
@@ -227,6 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=5, metavar="N",
                    help="length: bucket width in source words (default 5)")
 
+    p = verb("shortlist", "Build a vocabulary shortlist from a data directory's training "
+             "pairs, for --shortlist: each source piece's likeliest translations (IBM Model "
+             "1) and the most frequent target pieces.", cmd_shortlist)
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="the data directory (made by `seq2seq prepare`) the model trained on")
+    p.add_argument("--out", required=True, metavar="FILE", help="the shortlist to write")
+    p.add_argument("--translations", type=int, default=SHORTLIST_TRANSLATIONS, metavar="K",
+                   help="target pieces kept per source piece (default %(default)s)")
+    p.add_argument("--frequent", type=int, default=SHORTLIST_FREQUENT, metavar="N",
+                   help="most frequent target pieces, always candidates (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=SHORTLIST_ITERATIONS, metavar="N",
+                   help="EM rounds of IBM Model 1 (default %(default)s)")
+
     p = verb("serve", "Serve translation over HTTP: a JSON API and a web page.", cmd_serve)
     p.add_argument("--model", action="append", required=True, metavar="CKPT",
                    help="checkpoint; repeat for an ensemble")
@@ -234,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    _shortlist_arg(p)
     _limit_args(p)
     p.add_argument("--no-batching", action="store_true",
                    help="decode each request on its own, without waiting")
@@ -262,6 +284,14 @@ def limits_from(args, settings: type):
     """The `settings` dataclass (`Limits`, `Guard` or `Batching`) made from its options."""
     return settings(**{f.name: getattr(args, _limit_dest(settings, f.name))
                        for f in dataclasses.fields(settings)})
+
+
+def _shortlist_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shortlist", metavar="FILE",
+                   help="decode each batch over its sources' likely translations and the "
+                        "frequent target words only (a file of `seq2seq shortlist`, built "
+                        "from the model's data): faster, scores normalised over them "
+                        "(default: the whole vocabulary, exact)")
 
 
 def _progress_arg(p: argparse.ArgumentParser) -> None:
@@ -349,7 +379,8 @@ def cmd_translate(args) -> None:
     from seq2seq.text import atomic_output
 
     if args.output:  # --input may be the output: it is read whole before it is replaced
-        check_not_an_input(args.output, "--output", [("--model", m) for m in args.model])
+        check_not_an_input(args.output, "--output", [("--model", m) for m in args.model] +
+                           [("--shortlist", args.shortlist)])
     translator = _load(args)
     with (atomic_output(args.output) if args.output else nullcontext(sys.stdout) as out,
           _progress_bar(args, "sentences") as bar):
@@ -388,6 +419,7 @@ def cmd_evaluate(args) -> None:
 
     if args.hyps:
         check_not_an_input(args.hyps, "--hyps", [("--src", args.src), ("--ref", args.ref),
+                                                 ("--shortlist", args.shortlist),
                                                  *(("--model", m) for m in args.model)])
     translator = _load(args)
     pairs = list(read_pairs(args.src, args.ref))
@@ -399,7 +431,7 @@ def cmd_evaluate(args) -> None:
                                  batch_size=args.batch_size, max_len_a=args.max_len_a,
                                  max_len_b=args.max_len_b,
                                  length_penalty=args.length_penalty, progress=bar.update)
-    metrics["models"] = args.model
+    metrics["models"], metrics["shortlist"] = args.model, args.shortlist
     if args.hyps:
         with atomic_output(args.hyps) as f:
             f.writelines(h + "\n" for h in hyps)
@@ -428,7 +460,21 @@ def cmd_serve(args) -> None:
     limits, guard = limits_from(args, Limits), limits_from(args, Guard)
     batching = Batching.off() if args.no_batching else limits_from(args, Batching)
     serve(args.model, host=args.host, port=args.port, device=args.device,
-          precision=args.precision, limits=limits, batching=batching, guard=guard)
+          precision=args.precision, limits=limits, batching=batching, guard=guard,
+          shortlist=args.shortlist)
+
+
+def cmd_shortlist(args) -> None:
+    from seq2seq.prepare import DATA_FILES
+    from seq2seq.shortlist import build_shortlist
+
+    check_not_an_input(args.out, "--out", [("--data", Path(args.data) / name)
+                                           for name in sorted(DATA_FILES)])
+    shortlist = build_shortlist(args.data, args.translations, args.frequent, args.iterations)
+    shortlist.save(args.out)
+    src, k = shortlist.table.shape
+    print(f"{args.out}: {k} translations of each of {src:,} source pieces, "
+          f"{len(shortlist.frequent):,} frequent target pieces")
 
 
 def cmd_rescore(args) -> None:
@@ -649,7 +695,8 @@ def _load(args):
     else:
         check_decoding(batch_size=args.batch_size)
     _setup_process("decode", args.device)
-    return Translator.load(args.model, device=args.device, precision=args.precision)
+    return Translator.load(args.model, device=args.device, precision=args.precision,
+                           shortlist=getattr(args, "shortlist", None))
 
 
 def _setup_process(workload: str, device: str, threads: int | None = None) -> None:

@@ -120,6 +120,12 @@ PRECISION_HELP = {
     "int8": "the CPU only, the LSTMs and the output layer quantized when loading",
 }
 
+# The defaults of a vocabulary shortlist (`seq2seq.shortlist.build_shortlist`, whose
+# docstring says why these), declared here for the CLI's options (no torch imported).
+SHORTLIST_TRANSLATIONS = 50  # target pieces per source piece
+SHORTLIST_FREQUENT = 500  # most frequent target pieces
+SHORTLIST_ITERATIONS = 5  # EM rounds of IBM Model 1
+
 
 @dataclass
 class TrainConfig:

@@ -26,7 +26,8 @@ class DataError(Seq2SeqError):
 
 
 class CheckpointError(Seq2SeqError):
-    """A checkpoint is missing, truncated, or not one of ours."""
+    """A checkpoint, or a shortlist made for one, is missing, truncated, not one of ours, or
+    (a shortlist) made for other vocabularies."""
 
 
 class InUse(Seq2SeqError):

@@ -9,6 +9,7 @@ drawn uniformly from [-0.08, 0.08].
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -99,11 +100,16 @@ class Seq2Seq(nn.Module):
         out, state = self.decoder(tokens[:, None], state)
         return out[:, 0], state
 
-    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Top-layer outputs (..., hidden) -> float32 log-probabilities (..., tgt_vocab)."""
+    def log_probs(self, hidden: torch.Tensor,
+                  output: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+        """Top-layer outputs (..., hidden) -> float32 log-probabilities (..., tgt_vocab):
+        over the words of `output`, an output layer of some words only (a shortlist's,
+        `seq2seq.shortlist.OutputRows`), if given."""
         # Straight from the logits' dtype to float32: one fused pass, no float32 copy of
         # the logits first.
-        return torch.log_softmax(self.decoder.output(hidden), dim=-1, dtype=torch.float32)
+        logits = (self.decoder.output if output is None else output)(hidden)
+        return torch.log_softmax(logits, dim=-1, dtype=torch.float32)
 
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,

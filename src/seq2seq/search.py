@@ -4,13 +4,16 @@ A hypothesis' score is its log-probability sum_t log p(y_t | y_<t, S). Beam sear
 complete hypotheses by that score, as in the paper, unless given a length penalty alpha > 0:
 then by score / lp(n), lp(n) = ((5 + n) / 6) ** alpha for n tokens with </s> (the length
 normalisation of Wu et al., 2016), which offsets the sum's bias toward short outputs.
-An ensemble averages the models' log-probabilities at every step.
+An ensemble averages the models' log-probabilities at every step. With a vocabulary
+shortlist (`seq2seq.shortlist`), each batch is decoded over its candidate target words only,
+and the log-probabilities are normalised over them.
 A hypothesis may hold at most `max_len_a * len(source) + max_len_b` tokens before </s>;
 at that length </s> is the only choice left.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +21,7 @@ import torch
 from seq2seq.data import source_batch, target_batch
 from seq2seq.errors import MAX_BEAM, MAX_LENGTH_PENALTY, check_integer, check_number
 from seq2seq.model import Seq2Seq, State
+from seq2seq.shortlist import OutputRows, Shortlist
 from seq2seq.vocab import BOS_ID, EOS_ID
 
 
@@ -51,12 +55,32 @@ def length_norm(n: int | torch.Tensor, alpha: float):
 
 
 class Ensemble:
-    """Models decoded together: one state per model, log-probabilities averaged per step."""
+    """Models decoded together: one state per model, log-probabilities averaged per step;
+    with a `shortlist`, over each batch's candidate words (`for_sources`)."""
 
-    def __init__(self, models: list[Seq2Seq]):
+    def __init__(self, models: list[Seq2Seq], shortlist: Shortlist | None = None):
         self.models = models
+        self.shortlist = shortlist
         self.device = next(models[0].parameters()).device
         self.vocab_size = models[0].decoder.output.out_features
+        # Restricted to some words (`for_sources`): the output layers of those words, one
+        # per model, and their ids in the whole vocabulary (vocab_size,). None: all words.
+        self.outputs = self.vocab_ids = None
+        self._rows: list[OutputRows] | None = None
+
+    def for_sources(self, sources: list[list[int]]) -> Ensemble:
+        """The ensemble that decodes `sources`: itself, or with a shortlist, a copy whose
+        output layers score only the batch's candidates (`Shortlist.candidates`), every
+        model the same ones; its `top_tokens` gives ids of the whole vocabulary."""
+        if self.shortlist is None:
+            return self
+        if self._rows is None:  # at the first batch, once a Translator cast or quantized
+            self._rows = [OutputRows(m.decoder.output) for m in self.models]
+        ids = self.shortlist.candidates(sources).to(self.device)
+        restricted = copy.copy(self)
+        restricted.shortlist, restricted.vocab_ids, restricted.vocab_size = None, ids, len(ids)
+        restricted.outputs = [rows.take(ids) for rows in self._rows]
+        return restricted
 
     def encode(self, sources: list[list[int]]) -> list[State]:
         """Each model encodes the sources with its own reversal setting."""
@@ -74,9 +98,10 @@ class Ensemble:
 
     def log_probs(self, hiddens: list[torch.Tensor], lo: int, hi: int) -> torch.Tensor:
         """Mean log-probabilities (hi - lo, vocab) of rows lo:hi of `advance`'s outputs."""
-        logp = self.models[0].log_probs(hiddens[0][lo:hi])
-        for model, h in zip(self.models[1:], hiddens[1:]):
-            logp += model.log_probs(h[lo:hi])
+        outputs = self.outputs or [None] * len(self.models)  # None: the model's own layer
+        logp = self.models[0].log_probs(hiddens[0][lo:hi], outputs[0])
+        for model, output, h in zip(self.models[1:], outputs[1:], hiddens[1:]):
+            logp += model.log_probs(h[lo:hi], output)
         return logp / len(self.models) if len(self.models) > 1 else logp
 
     def top_tokens(self, hiddens: list[torch.Tensor], lo: int, hi: int, k: int,
@@ -89,7 +114,8 @@ class Ensemble:
         logp = self.log_probs(hiddens, lo, hi)  # (rows, vocab)
         if bool(only_eos.any()):
             logp[only_eos, :EOS_ID] = logp[only_eos, EOS_ID + 1:] = float("-inf")
-        return logp.topk(k, dim=1)
+        values, ids = logp.topk(k, dim=1)
+        return values, ids if self.vocab_ids is None else self.vocab_ids[ids]
 
     @staticmethod
     def select(states: list[State], rows: torch.Tensor) -> list[State]:
@@ -125,6 +151,7 @@ def greedy_search(
     ensemble: Ensemble, sources: list[list[int]], max_len_a: float = 2.0, max_len_b: int = 10,
 ) -> list[Hypothesis]:
     """The most probable next token at every step, for a batch of sources."""
+    ensemble = ensemble.for_sources(sources)
     device = ensemble.device
     states = ensemble.encode(sources)
     n = len(sources)
@@ -181,6 +208,7 @@ def beam_search(
     hypothesis starts from the same <s> and state, so the other rows would only repeat it.
     """
     check_decoding(beam_size, nbest, 1, max_len_a, max_len_b, length_penalty)
+    ensemble = ensemble.for_sources(sources)
     device, k = ensemble.device, beam_size
     n = len(sources)
     states = ensemble.encode(sources)

@@ -4,7 +4,10 @@
     t = Translator.load("runs/tatoeba/best.pt")
     t.translate(["How are you?"])[0].text
 
-Several checkpoints make an ensemble; they must share vocabularies and tokenizers.
+Several checkpoints make an ensemble; they must share vocabularies and tokenizers. A
+vocabulary shortlist (`seq2seq.shortlist`) makes decoding faster, at a small cost in quality:
+
+    t = Translator.load("runs/tatoeba/best.pt", precision="int8", shortlist="shortlist.pt")
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from seq2seq.search import (
     check_decoding,
     greedy_search,
 )
+from seq2seq.shortlist import Shortlist
 from seq2seq.text import Tokenizer
 from seq2seq.vocab import Vocabulary
 
@@ -61,14 +65,18 @@ class Translator:
     tuned for it, which the CLI and the server do: `seq2seq.device.setup_process("decode",
     device)` before the first computation (threads, oneDNN's kernel cache, glibc keeping
     the freed score blocks of each step for the next).
+
+    With a `shortlist` (`Shortlist.load`, for these vocabularies), `translate` decodes each
+    batch over its candidate words only (see `seq2seq.shortlist`): its scores are
+    log-probabilities normalised over them. `score` stays exact.
     """
 
     def __init__(
         self, models: list[Seq2Seq], src_vocab: Vocabulary, tgt_vocab: Vocabulary,
         src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, max_len: int,
-        precision: str = "fp32",
+        precision: str = "fp32", shortlist: Shortlist | None = None,
     ):
-        self.ensemble = Ensemble(models)
+        self.ensemble = Ensemble(models, shortlist)
         self.precision = resolve_precision(precision, self.ensemble.device, decoding=True)
         for model in models:  # cast once here, not at every decoding step under autocast
             model.to(compute_dtype(self.precision))
@@ -80,22 +88,28 @@ class Translator:
 
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto",
-             precision: str = "fp32") -> Translator:
+             precision: str = "fp32", shortlist: str | Path | None = None) -> Translator:
         """Load one checkpoint or several (an ensemble) onto `device` (auto|cpu|cuda).
 
         `precision` bf16 (or fp16 on CUDA) casts the weights to that type (the models of a
         Translator are cast in place); int8 (the CPU only) quantizes the LSTMs and the output
         layer when loading, and writes nothing back to the checkpoint. Log-probabilities
         and scores stay float32.
+
+        `shortlist`, a file of `seq2seq shortlist` built from the models' data directory,
+        restricts each batch's decoding to its candidate words (see `seq2seq.shortlist`);
+        CheckpointError naming the file if it was built for other vocabularies.
         """
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         dev = resolve_device(device)
         bundles = [load_bundle(p, dev) for p in paths]
         check_ensemble(bundles, paths)
         first = bundles[0]
+        words = None if shortlist is None else \
+            Shortlist.load(shortlist, first.src_vocab, first.tgt_vocab)
         return cls(
             [b.model for b in bundles], first.src_vocab, first.tgt_vocab, first.src_tokenizer,
-            first.tgt_tokenizer, min(b.max_len for b in bundles), precision,
+            first.tgt_tokenizer, min(b.max_len for b in bundles), precision, words,
         )
 
     # ------------------------------------------------------------------ text <-> ids

@@ -80,6 +80,8 @@ class Health(BaseModel):
     models: list[str]
     device: str
     precision: str = Field(description="fp32, bf16, fp16 or int8: what the model runs in")
+    shortlist: bool = Field(description="translations decoded over a vocabulary shortlist "
+                            "(`serve --shortlist`): their scores normalised over it")
     batching: bool
     requests: int = Field(description="translate requests answered so far")
     batches: int = Field(description="translate calls made to the model for them")
@@ -236,7 +238,9 @@ def _add_routes(app: FastAPI, batcher: Batcher, limits: Limits, guard: Guard,
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health(status="ok", models=model_names, device=str(translator.ensemble.device),
-                      precision=translator.precision, batching=batcher.batching.max_sentences > 1,
+                      precision=translator.precision,
+                      shortlist=translator.ensemble.shortlist is not None,
+                      batching=batcher.batching.max_sentences > 1,
                       requests=batcher.requests, batches=batcher.batches,
                       model_calls=batcher.model_calls, abandoned=batcher.abandoned)
 

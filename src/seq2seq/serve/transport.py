@@ -71,9 +71,10 @@ class BodyLimit:
 
 def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000,
           device: str = DEFAULT_DEVICE, precision: str = DEFAULT_PRECISION,
-          limits: Limits | None = None,
-          batching: Batching | None = None, guard: Guard | None = None) -> None:
-    """Load the checkpoints (several = an ensemble) and serve them until interrupted.
+          limits: Limits | None = None, batching: Batching | None = None,
+          guard: Guard | None = None, shortlist: str | None = None) -> None:
+    """Load the checkpoints (several = an ensemble), with a vocabulary `shortlist` file if
+    given (`Translator.load`), and serve them until interrupted.
 
     An entry point: it tunes the process for decoding (`seq2seq.device.setup_process`)."""
     import uvicorn
@@ -84,7 +85,8 @@ def serve(models: list[str], host: str = "127.0.0.1", port: int = 8000,
 
     check_integer("port", port, 1, 65535, " (--port)")
     setup_process("decode", resolve_device(device))
-    translator = Translator.load(models, device=device, precision=precision)
+    translator = Translator.load(models, device=device, precision=precision,
+                                 shortlist=shortlist)
     app = create_app(translator, limits, batching, [str(m) for m in models], guard)
     uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="info")).run()
 
