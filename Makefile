@@ -9,7 +9,7 @@ DEMO_DATA := work/tatoeba-data
 DEMO_RUN  := runs/tatoeba-cpu
 CORPUS    := data/tatoeba-en-fr
 
-.PHONY: install demo test test-fast lint clean paper paper-quick bench bench-peers
+.PHONY: install demo test test-fast lint clean paper paper-quick bench bench-peers gpu-check
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ bench: $(STAMP)
 
 bench-peers: $(STAMP)
 	$(BIN)/python -m bench.peers
+
+# The GPU check (bench/gpu_check.py: training, beam 12, resume after a kill, torchrun),
+# under five minutes on one GPU. It runs on the GPU machine's own python3 and CUDA torch,
+# with no virtualenv: nothing is installed there. Its CPU twin is in the test suite.
+gpu-check:
+	PYTHONPATH=src $(PYTHON) bench/gpu_check.py
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -136,29 +136,48 @@ class Shape:
         return out
 
 
-def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.3) -> float:
-    """GFLOP/s of `torch.mm` of (m x k) @ (k x n) in `dtype`: the median of timed rounds."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+CPU = torch.device("cpu")
+GPU_ROUND = 20  # products per timed round on a GPU: launched back to back, then awaited
+
+
+def matmul_rate(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.3,
+                device: torch.device = CPU) -> float:
+    """GFLOP/s of `torch.mm` of (m x k) @ (k x n) in `dtype` on `device`: the median of
+    timed rounds. A round is one product on the CPU; on a GPU, GPU_ROUND products queued
+    back to back and then awaited, as a training step queues its products."""
+    from seq2seq.device import synchronize
+
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    products = GPU_ROUND if device.type == "cuda" else 1
+
+    def one_round() -> None:
+        for _ in range(products):
+            torch.mm(a, b)
+        synchronize(device)
+
     for _ in range(3):
-        torch.mm(a, b)
+        one_round()
     times, start = [], time.perf_counter()
     while time.perf_counter() - start < seconds or len(times) < 5:
         t = time.perf_counter()
-        torch.mm(a, b)
+        one_round()
         times.append(time.perf_counter() - t)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    return 2 * m * k * n * products / statistics.median(times) / 1e9
 
 
 def matmul_ceiling(shape: Shape, batch: int, src_tokens: float, tgt_tokens: float,
-                   dtype: torch.dtype) -> dict:
-    """Seconds and GFLOP/s of one typical step's matmuls, each at its measured rate, with
-    each shape's rate and GFLOP per step (for `best_ceiling`)."""
+                   dtype: torch.dtype, device: torch.device = CPU,
+                   seconds: float = 0.3) -> dict:
+    """Seconds and GFLOP/s of one typical step's matmuls, each at its measured rate (on
+    `device`, `seconds` per shape), with each shape's rate and GFLOP per step (for
+    `best_ceiling`)."""
     rates: dict[str, float] = {}
     gflop: dict[str, float] = {}
     for m, k, n, times in shape.train_matmuls(batch, round(src_tokens), round(tgt_tokens)):
         key = f"{m}x{k}x{n}"
         if key not in rates:
-            rates[key] = matmul_rate(m, k, n, dtype)
+            rates[key] = matmul_rate(m, k, n, dtype, seconds, device)
         gflop[key] = gflop.get(key, 0.0) + 2 * m * k * n * times / 1e9
     gflops = step_gflops(gflop, rates)
     return {"step_seconds": sum(gflop.values()) / gflops, "gflops": gflops,

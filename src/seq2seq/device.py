@@ -15,7 +15,9 @@
 - `release_free_memory(device)`: on the CPU, return the C allocator's free pages to the OS
   (the trainer does it every `train.trim_every` updates).
 - `peak_rss_mb()`: this process's peak resident memory, for the training log and the
-  benchmarks.
+  benchmarks; `peak_memory_mb(device)`: the same on the CPU, the CUDA allocator's peak on
+  a GPU.
+- `synchronize(device)`: wait for a GPU's queued work before reading a clock.
 """
 
 from __future__ import annotations
@@ -247,3 +249,18 @@ def peak_rss_mb() -> float:
     import resource  # Unix only: imported where it is used
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The most memory this process has held on `device`, in MB: the CUDA allocator's peak
+    allocation on a GPU, the peak resident memory (`peak_rss_mb`) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until `device` has run the work queued on it: a GPU runs it asynchronously, so a
+    clock read without this stops early. A no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
