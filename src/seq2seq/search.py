@@ -115,11 +115,13 @@ class Ensemble:
         """
         ending = bool(only_eos.any())
         if len(self.models) == 1 and not ending:
-            return self.models[0].top_log_probs(hiddens[0][lo:hi], k)
-        logp = self.log_probs(hiddens, lo, hi)  # (rows, vocab)
-        if ending:
-            logp[only_eos, :EOS_ID] = logp[only_eos, EOS_ID + 1:] = float("-inf")
-        values, ids = logp.topk(k, dim=1)
+            output = self.outputs[0] if self.outputs else None
+            values, ids = self.models[0].top_log_probs(hiddens[0][lo:hi], k, output)
+        else:
+            logp = self.log_probs(hiddens, lo, hi)  # (rows, vocab)
+            if ending:
+                logp[only_eos, :EOS_ID] = logp[only_eos, EOS_ID + 1:] = float("-inf")
+            values, ids = logp.topk(k, dim=1)
         return values, ids if self.vocab_ids is None else self.vocab_ids[ids]
 
     @staticmethod
