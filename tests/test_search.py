@@ -278,7 +278,8 @@ def test_one_model_decodes_from_its_logits_as_from_its_log_softmax(precision, mo
     calls = []  # the new step must be the one taken
     top_log_probs = Seq2Seq.top_log_probs
     monkeypatch.setattr(Seq2Seq, "top_log_probs",
-                        lambda self, h, k: calls.append(k) or top_log_probs(self, h, k))
+                        lambda self, h, k, output=None: calls.append(k)
+                        or top_log_probs(self, h, k, output))
 
     def decode():
         with autocast(cpu, precision):
