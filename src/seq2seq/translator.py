@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from seq2seq.checkpoint import check_ensemble, load_bundle
+from seq2seq.config import DEFAULT_DEVICE, DEFAULT_PRECISION
 from seq2seq.data import source_batch
 from seq2seq.device import (
     autocast,
@@ -74,7 +75,7 @@ class Translator:
     def __init__(
         self, models: list[Seq2Seq], src_vocab: Vocabulary, tgt_vocab: Vocabulary,
         src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, max_len: int,
-        precision: str = "fp32", shortlist: Shortlist | None = None,
+        precision: str = DEFAULT_PRECISION, shortlist: Shortlist | None = None,
     ):
         self.ensemble = Ensemble(models, shortlist)
         self.precision = resolve_precision(precision, self.ensemble.device, decoding=True)
@@ -87,8 +88,8 @@ class Translator:
         self.max_len = max_len
 
     @classmethod
-    def load(cls, paths: str | Path | Sequence[str | Path], device: str = "auto",
-             precision: str = "fp32", shortlist: str | Path | None = None) -> Translator:
+    def load(cls, paths: str | Path | Sequence[str | Path], device: str = DEFAULT_DEVICE,
+             precision: str = DEFAULT_PRECISION, shortlist: str | Path | None = None) -> Translator:
         """Load one checkpoint or several (an ensemble) onto `device` (auto|cpu|cuda).
 
         `precision` bf16 (or fp16 on CUDA) casts the weights to that type (the models of a
