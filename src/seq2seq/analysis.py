@@ -382,7 +382,7 @@ def plot_curves(runs: dict[str, list[dict]], out: Path, title: str = "Training c
             bleu_ax.plot([r.get(key, np.nan) / scale for r in bleu],
                          [r["valid_bleu"] for r in bleu], "s--", color=color, markersize=3)
             bleu_ax.set(ylabel="validation BLEU (squares, dashed)")
-    axes[0].set_title(f"{title}: thin = training, markers = validation")
+    fig.suptitle(f"{title}: thin = training, markers = validation")  # above both panels
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
