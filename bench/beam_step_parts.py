@@ -8,12 +8,7 @@ At `--rows` decoder rows (768 = beam 12 x 64 sentences) of the benchmark model's
   (`seq2seq.device.quantize_int8`);
 - on the (rows x vocab) float32 scores: `log_softmax`, `torch.logsumexp`, top-k of 2k
   and of k + 1 words per row (what beam search took before and takes now), and a
-  two-stage top-k (the best 128-word blocks by their maxima, then the words in them);
-- one model's whole scoring of a step, from the decoder's output to each row's k + 1 best
-  words, in fp32, int8 and (on a CPU with native bf16) bf16: "before", the output layer,
-  the log-softmax and its top-k (`Seq2Seq.log_probs`, then `topk`); "now", the output
-  layer, the top-k of its logits and one log-sum-exp per row (`Seq2Seq.top_log_probs`,
-  which `Ensemble.top_tokens` takes for one model since issue 28).
+  two-stage top-k (the best 128-word blocks by their maxima, then the words in them).
 
     .venv/bin/python -m bench.beam_step_parts --threads 1
 """
@@ -51,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from seq2seq.config import load_config
-    from seq2seq.device import cpu_has_bf16, quantize_int8, setup_process
+    from seq2seq.device import quantize_int8, setup_process
     from seq2seq.model import Seq2Seq
 
     setup_process("decode", torch.device("cpu"), args.threads)
@@ -76,14 +71,6 @@ def main() -> None:
         f"top-k of {k + 1}": lambda: scores.topk(k + 1, 1),
         f"two-stage top-k of {2 * k}": lambda: block_topk(scores, 2 * k),
     }
-    scorers = {"fp32": (model, hidden), "int8": (int8, hidden)}
-    if cpu_has_bf16():
-        scorers["bf16"] = (copy.deepcopy(model).to(torch.bfloat16), hidden.bfloat16())
-    for precision, (m, h) in scorers.items():
-        parts[f"step scores {precision}, before: log-softmax, top-k of {k + 1}"] = \
-            lambda m=m, h=h: m.log_probs(h).topk(k + 1, 1)
-        parts[f"step scores {precision}, now: top-k of {k + 1}, log-sum-exp"] = \
-            lambda m=m, h=h: m.top_log_probs(h, k + 1)
     with torch.inference_mode():
         for name, fn in parts.items():
             print(json.dumps({"part": name, "rows": n, "threads": args.threads,

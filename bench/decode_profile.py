@@ -2,11 +2,10 @@
 `Translator.translate` call over the first test sentences (after one warm-up batch).
 
 It also prints the share of the wall-clock time spent in the matrix products (the
-operators of PRODUCTS, by their self time), and that share with the scoring (SCORING:
-top-k and the log-softmax or log-sum-exp) added: decoding can go at most 1 / share times
-as fast without faster products, however little the rest costs (in fp32 and bf16 the
-LSTM's gate arithmetic is inside oneDNN's kernel and counts as products; in int8 it does
-not).
+operators of PRODUCTS, by their self time), and that share with top-k and log-softmax
+added: decoding can go at most 1 / share times as fast without faster products, however
+little the rest costs (in fp32 and bf16 the LSTM's gate arithmetic is inside oneDNN's
+kernel and counts as products; in int8 it does not).
 
     .venv/bin/python -m bench.decode_profile --model M --precision int8 --beam 12
 """
@@ -26,11 +25,7 @@ from bench.common import CORPUS
 # operators, `aten::sigmoid_`, `aten::tanh`, ..., and is not counted).
 PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::mkldnn_rnn_layer",
             "quantized::linear_dynamic", "aten::quantized_lstm"}
-# The operators that read every score of every row: top-k, and the log-softmax (a single
-# model before issue 28; an ensemble still) or one log-sum-exp per row of the logits (a
-# single model now: `Seq2Seq.top_log_probs`; search's other sums are over tiny tensors).
-# bf16 logits' conversion to float32 (aten::copy_) is not counted: copies run elsewhere too.
-SCORING = {"aten::topk", "aten::_log_softmax", "aten::sub_", "aten::exp_", "aten::sum"}
+SCORING = {"aten::topk", "aten::_log_softmax"}  # each reads every score of every row
 
 
 def main() -> None:
@@ -70,7 +65,7 @@ def main() -> None:
           + ", ".join(f"{k} {v / wall_us:.0%}" for k, v in sorted(products.items()))
           + f"): at most {1 / share:.2f}x as fast with everything else free")
     scoring = sum(e.self_cpu_time_total for e in events if e.key in SCORING) / wall_us
-    print(f"with the scoring ({scoring:.0%}): {share + scoring:.0%}, at most "
+    print(f"with top-k and log-softmax ({scoring:.0%}): {share + scoring:.0%}, at most "
           f"{1 / (share + scoring):.2f}x as fast with the rest free")
 
 

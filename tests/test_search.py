@@ -3,10 +3,8 @@ import itertools
 import pytest
 import torch
 
-from conftest import needs_bf16
 from seq2seq import search
 from seq2seq.config import ModelConfig
-from seq2seq.device import autocast, compute_dtype, quantize_int8
 from seq2seq.model import Seq2Seq
 from seq2seq.search import Ensemble, beam_search, greedy_search
 
@@ -253,44 +251,3 @@ def test_first_step_decodes_one_row_per_sentence(ensemble, monkeypatch):
     beam_search(ensemble, SOURCES, beam_size=5)
     assert rows[0] == len(SOURCES)
     assert rows[1] == 5 * len(SOURCES)
-
-
-def _top_tokens_before(self, hiddens, lo, hi, k, only_eos):
-    """`Ensemble.top_tokens` before issue 28: the whole log-softmax, then its top k."""
-    logp = self.log_probs(hiddens, lo, hi)
-    logp[only_eos, :search.EOS_ID] = logp[only_eos, search.EOS_ID + 1:] = float("-inf")
-    return logp.topk(k, dim=1)
-
-
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16), "int8"])
-def test_one_model_decodes_from_its_logits_as_from_its_log_softmax(precision, monkeypatch):
-    # One model's step takes the top k of its logits less a log-sum-exp per row: the same
-    # hypotheses and scores as the whole log-softmax's top k, greedy and beam, in each
-    # precision (cast and quantized as `Translator` does). Many sentences reach their
-    # length limit, where only </s> is allowed.
-    torch.manual_seed(0)
-    model = Seq2Seq(30, 300, ModelConfig(embed_dim=16, hidden_size=24, num_layers=2,
-                                         init_range=0.5)).eval()
-    model.to(compute_dtype(precision))
-    if precision == "int8":
-        quantize_int8(model)
-    ensemble, cpu = Ensemble([model]), torch.device("cpu")
-    calls = []  # the new step must be the one taken
-    top_log_probs = Seq2Seq.top_log_probs
-    monkeypatch.setattr(Seq2Seq, "top_log_probs",
-                        lambda self, h, k, output=None: calls.append(k)
-                        or top_log_probs(self, h, k, output))
-
-    def decode():
-        with autocast(cpu, precision):
-            return (greedy_search(ensemble, SOURCES),
-                    beam_search(ensemble, SOURCES, beam_size=5, nbest=3))
-
-    greedy, beam = decode()
-    assert calls
-    monkeypatch.setattr(Ensemble, "top_tokens", _top_tokens_before)
-    greedy_before, beam_before = decode()
-    for now, before in zip(greedy + sum(beam, []), greedy_before + sum(beam_before, [])):
-        assert now.tokens == before.tokens
-        assert now.score == pytest.approx(before.score, rel=1e-6, abs=1e-5)
-    assert any(len(h.tokens) == 2 * len(s) + 10 for h, s in zip(greedy, SOURCES))

@@ -111,26 +111,6 @@ class Seq2Seq(nn.Module):
         logits = (self.decoder.output if output is None else output)(hidden)
         return torch.log_softmax(logits, dim=-1, dtype=torch.float32)
 
-    def top_log_probs(self, hidden: torch.Tensor, k: int,
-                      output: Callable[[torch.Tensor], torch.Tensor] | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-layer outputs (rows, hidden) -> each row's k largest float32 log-probabilities
-        and their ids, (rows, k) each, best first: `log_probs(hidden, output).topk(k, 1)`
-        without writing the (rows, tgt_vocab) log-probabilities. With `output`, the ids are
-        its rows'.
-
-        The log-softmax keeps a row's order, so these are the row's k largest logits less
-        its log-sum-exp, m + log sum_v exp(logit_v - m), m the largest logit. The logits are
-        made float32 first: the log-sum-exp needs float32, and a top-k of float32 values
-        ranks the ties of bf16 logits as the log-probabilities' top-k does.
-        """
-        layer = self.decoder.output if output is None else output
-        logits = layer(hidden).float()  # (rows, vocab), a new tensor: ours
-        top, ids = logits.topk(k, dim=1)  # (rows, k)
-        m = top[:, :1]  # (rows, 1)
-        lse = m + logits.sub_(m).exp_().sum(1, keepdim=True).log_()  # in place: no copy
-        return top - lse, ids
-
     def forward(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
         tgt_out: torch.Tensor, chunk: int = 4096, label_smoothing: float = 0.0,

@@ -110,18 +110,11 @@ class Ensemble:
 
         Returns their float32 log-probabilities and ids, (hi - lo, k) each, best first.
         Rows marked in `only_eos` (hi - lo,) may only end: </s> is their one finite choice.
-        One model takes the top k of its logits (`Seq2Seq.top_log_probs`); an ensemble, or
-        a step with a row at its length limit, the top k of the whole log-probabilities.
         """
-        ending = bool(only_eos.any())
-        if len(self.models) == 1 and not ending:
-            output = self.outputs[0] if self.outputs else None
-            values, ids = self.models[0].top_log_probs(hiddens[0][lo:hi], k, output)
-        else:
-            logp = self.log_probs(hiddens, lo, hi)  # (rows, vocab)
-            if ending:
-                logp[only_eos, :EOS_ID] = logp[only_eos, EOS_ID + 1:] = float("-inf")
-            values, ids = logp.topk(k, dim=1)
+        logp = self.log_probs(hiddens, lo, hi)  # (rows, vocab)
+        if bool(only_eos.any()):
+            logp[only_eos, :EOS_ID] = logp[only_eos, EOS_ID + 1:] = float("-inf")
+        values, ids = logp.topk(k, dim=1)
         return values, ids if self.vocab_ids is None else self.vocab_ids[ids]
 
     @staticmethod
