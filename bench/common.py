@@ -190,6 +190,30 @@ def step_gflops(gflop: dict[str, float], rates: dict[str, float]) -> float:
     return sum(gflop.values()) / sum(g / rates[key] for key, g in gflop.items())
 
 
+def timed_updates(cfg, data: Path, warmup: int, steps: int) -> tuple:
+    """Train `warmup` untimed and then `steps` timed updates of `cfg` on `data` in this
+    process (a temporary run directory; batches in training order, collation included):
+    (the trainer, the timed source tokens, target tokens, seconds). A GPU's queued work is
+    awaited before each clock read."""
+    import tempfile
+
+    from seq2seq.device import synchronize
+    from seq2seq.train import Trainer
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, data, run_dir)
+        for _ in range(warmup):
+            trainer.train_next()
+        synchronize(trainer.device)
+        src = tgt = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            stats = trainer.train_next()
+            src, tgt = src + stats["src_tokens"], tgt + stats["tgt_tokens"]
+        synchronize(trainer.device)
+        return trainer, src, tgt, time.perf_counter() - start
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

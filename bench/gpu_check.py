@@ -55,7 +55,14 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 import seq2seq  # noqa: E402
-from bench.common import ROOT, Shape, matmul_ceiling, matmul_rate, process_tree  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    Shape,
+    matmul_ceiling,
+    matmul_rate,
+    process_tree,
+    timed_updates,
+)
 from seq2seq.config import Config, load_config  # noqa: E402
 from seq2seq.device import (  # noqa: E402
     compute_dtype,
@@ -65,7 +72,8 @@ from seq2seq.device import (  # noqa: E402
     setup_process,
     synchronize,
 )
-from seq2seq.errors import ConfigError  # noqa: E402
+from seq2seq.errors import ConfigError, DataError  # noqa: E402
+from seq2seq.rundir import RunDir  # noqa: E402
 
 PAPER = ROOT / "configs" / "sutskever2014.yaml"
 SRC = Path(seq2seq.__file__).resolve().parents[1]  # the seq2seq the child processes import
@@ -171,23 +179,10 @@ def paper_config(overrides: tuple[str, ...], device: str, *more: str) -> Config:
 def train_child(device_name: str, sizes: Sizes, data: Path, precision: str) -> dict:
     """Warm-up and timed updates of the paper-size model, then the matmul ceiling of its
     average step and the device's peak, in this process."""
-    from seq2seq.train import Trainer
-
     cfg = paper_config(sizes.paper, device_name, f"train.precision={precision}")
     device = resolve_device(device_name)
     setup_process("train", device, cfg.train.threads)  # as `seq2seq train` does
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, data, run_dir)
-        for _ in range(sizes.warmup):
-            trainer.train_next()
-        synchronize(device)
-        src = tgt = 0
-        start = time.perf_counter()
-        for _ in range(sizes.steps):
-            stats = trainer.train_next()
-            src, tgt = src + stats["src_tokens"], tgt + stats["tgt_tokens"]
-        synchronize(device)
-        seconds = time.perf_counter() - start
+    trainer, src, tgt, seconds = timed_updates(cfg, data, sizes.warmup, sizes.steps)
     shape = Shape.from_config(cfg.model, len(trainer.data.tgt_vocab))
     model_gflops = shape.train_flops(src, tgt) / seconds / 1e9
     dtype = compute_dtype(trainer.precision)
@@ -389,15 +384,16 @@ def _compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[bo
 
 
 def _last_step(run_dir: Path) -> int:
+    """The last step a running training has logged; 0 before its first record (or while
+    a line is half written)."""
     try:
-        return max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open())
-    except (FileNotFoundError, ValueError):
+        return RunDir(run_dir).read_metrics()[-1]["step"]
+    except DataError:
         return 0
 
 
 def _valid_nll(run_dir: Path) -> float:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "valid_nll" in r][-1]["valid_nll"]
+    return [r for r in RunDir(run_dir).read_metrics() if "valid_nll" in r][-1]["valid_nll"]
 
 
 def run(argv: list[str], timeout: float, env: dict[str, str]) -> str:

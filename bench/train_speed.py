@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ from bench.common import (
     median,
     prepare_bench_data,
     run_child,
+    timed_updates,
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -43,24 +43,12 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def measure(precision: str, steps: int, warmup: int, data: Path, overrides: list[str],
             config: Path = BENCH_CONFIG) -> dict:
     """Train `warmup` + `steps` updates in this process; the timed steps' throughput."""
-    import tempfile
-
     from seq2seq.config import load_config
     from seq2seq.device import peak_rss_mb, resolve_device, setup_process
-    from seq2seq.train import Trainer
 
     cfg = load_config(config, [f"train.precision={precision}", *overrides])
     setup_process("train", resolve_device(cfg.train.device), cfg.train.threads)  # as the CLI
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, data, run_dir)
-        for _ in range(warmup):
-            trainer.train_next()
-        src = tgt = 0
-        start = time.perf_counter()
-        for _ in range(steps):  # batches in training order, collation included
-            stats = trainer.train_next()
-            src, tgt = src + stats["src_tokens"], tgt + stats["tgt_tokens"]
-        seconds = time.perf_counter() - start
+    trainer, src, tgt, seconds = timed_updates(cfg, data, warmup, steps)
     shape = Shape.from_config(cfg.model, len(trainer.data.tgt_vocab))
     return {
         "system": "seq2seq", "precision": precision, "steps": steps, "warmup": warmup,
