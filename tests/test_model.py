@@ -41,7 +41,19 @@ def test_padded_batch_loss_is_mean_of_sentence_losses():
     assert torch.allclose(per_token, torch.stack(one_by_one), rtol=1e-5)
 
 
-def test_chunked_nll_matches_cross_entropy_in_value_and_gradient():
+# The loss's float32 softmax block: the default (one block a chunk on these sizes), or 3
+# rows, so that a chunk of 10 or 6 rows is made in several blocks, the last one short.
+SOFTMAX_BLOCKS = [None, "3 rows"]
+
+
+def set_softmax_block(monkeypatch, block, vocab):
+    if block == "3 rows":
+        monkeypatch.setattr("seq2seq.model.SOFTMAX_BLOCK_FLOATS", 3 * vocab)
+
+
+@pytest.mark.parametrize("block", SOFTMAX_BLOCKS)
+def test_chunked_nll_matches_cross_entropy_in_value_and_gradient(monkeypatch, block):
+    set_softmax_block(monkeypatch, block, 29)
     torch.manual_seed(1)
     hidden = torch.randn(37, 8, requires_grad=True)
     weight = torch.randn(29, 8, requires_grad=True)
@@ -61,8 +73,10 @@ def test_chunked_nll_matches_cross_entropy_in_value_and_gradient():
         assert torch.allclose(chunked_nll(hidden, weight, bias, targets, 7) * 0.5, ref)
 
 
+@pytest.mark.parametrize("block", SOFTMAX_BLOCKS)
 @pytest.mark.parametrize("grad", [True, False])
-def test_label_smoothing_matches_cross_entropy_in_value_and_gradient(grad):
+def test_label_smoothing_matches_cross_entropy_in_value_and_gradient(monkeypatch, grad, block):
+    set_softmax_block(monkeypatch, block, 31)
     torch.manual_seed(2)
     hidden = torch.randn(23, 8, requires_grad=grad)
     weight = torch.randn(31, 8, requires_grad=grad)

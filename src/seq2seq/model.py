@@ -200,13 +200,26 @@ def chunked_loss(
     return (1 - label_smoothing) * nll + label_smoothing * smooth, nll
 
 
+# The float32 softmax block that the loss forms, reads and turns into its gradient at once:
+# 1M floats (4 MB), so it stays in the cache between those passes, and the only float32
+# block of the chunk (bench/LOG.md, History, 2026-12-07).
+SOFTMAX_BLOCK_FLOATS = 1 << 20
+
+
+def softmax_rows(vocab_size: int) -> int:
+    """Rows of the loss's float32 softmax block for a vocabulary of `vocab_size`."""
+    return max(1, SOFTMAX_BLOCK_FLOATS // vocab_size)
+
+
 class _ChunkedLoss(torch.autograd.Function):
     """Output layer + log-softmax + (smoothed) cross-entropy whose backward is a product.
 
     d(loss)/d(logits) = softmax(logits) - q, with q the target distribution (onehot, or
     smoothed), so each chunk's gradients w.r.t. hidden, weight and bias are formed as soon
     as its softmax is known, and the chunk's logits are freed. Memory: O(n x hidden +
-    vocab x hidden), never O(n x vocab). The NLL comes along without a gradient.
+    vocab x hidden), never O(n x vocab): one (chunk, vocab) block in the products' dtype
+    (the logits, overwritten by their gradient) and a float32 softmax of a few rows. The
+    NLL comes along without a gradient.
     """
 
     @staticmethod
@@ -218,44 +231,52 @@ class _ChunkedLoss(torch.autograd.Function):
         if eps:  # for the rows' mean logit: mean_v (h . w_v + b_v) = (h . sum_v w_v + sum b) / V
             w_sum, b_sum = weight.float().sum(0), bias.float().sum()
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = grad_bias = None
+        grad_weight = None
+        grad_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=hidden.device)
+        rows_per_block = softmax_rows(w.shape[0])
         for s in range(0, len(hidden), chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
-            rows = torch.arange(len(t), device=t.device)
-            # float32 log-softmax straight from the logits' dtype (as `log_probs`), then
-            # exp_ turns it into the softmax in place.
-            probs = torch.log_softmax(torch.addmm(b, h, w.t()), 1, dtype=torch.float32)
-            target_logp = probs[rows, t]
-            nll -= target_logp.sum()
-            if eps:
-                # -mean_v log p_v = logsumexp - mean logit, both from O(rows x hidden) work
-                # (elementwise, so autocast leaves them in float32), not another pass over
-                # the block: logsumexp = target logit - log p(target).
-                hf = h.float()
-                target_logit = (hf * weight[t].float()).sum(1) + bias[t].float()
-                mean_logit = ((hf * w_sum).sum(1) + b_sum) / probs.shape[1]
-                smooth += (target_logit - target_logp - mean_logit).sum()
-            probs.exp_()
-            # d loss / d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The
-            # constant eps / vocab is not subtracted here (a pass over the whole block) but
-            # from the three products below, where it is a rank-one term.
-            probs[rows, t] -= 1.0 - eps
-            g = probs.to(h.dtype)
+            # The chunk's logits in one product, in its dtype; then a cache-sized block of
+            # rows at a time, each block's float32 softmax is made, read and turned into
+            # d loss / d logits, which overwrites the block's logits.
+            g = torch.addmm(b, h, w.t())
+            for r in range(0, len(t), rows_per_block):
+                hb, tb = h[r:r + rows_per_block], t[r:r + rows_per_block]
+                rows = torch.arange(len(tb), device=tb.device)
+                # float32 log-softmax straight from the logits' dtype (as `log_probs`),
+                # then exp_ turns it into the softmax in place.
+                probs = torch.log_softmax(g[r:r + rows_per_block], 1, dtype=torch.float32)
+                target_logp = probs[rows, tb]
+                nll -= target_logp.sum()
+                if eps:
+                    # -mean_v log p_v = logsumexp - mean logit, both from O(rows x hidden)
+                    # work (elementwise, so autocast leaves them in float32), not another
+                    # pass over the block: logsumexp = target logit - log p(target).
+                    hf = hb.float()
+                    target_logit = (hf * weight[tb].float()).sum(1) + bias[tb].float()
+                    mean_logit = ((hf * w_sum).sum(1) + b_sum) / probs.shape[1]
+                    smooth += (target_logit - target_logp - mean_logit).sum()
+                probs.exp_()
+                # d loss / d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The
+                # constant eps / vocab is not subtracted here (a pass over the whole block)
+                # but from the three products below, where it is a rank-one term.
+                probs[rows, tb] -= 1.0 - eps
+                grad_bias += probs.sum(0)
+                g[r:r + rows_per_block] = probs
             gh = grad_hidden[s:s + chunk]
             torch.mm(g, w, out=gh)
-            gw, gb = g.t() @ h, probs.sum(0)
+            gw = g.t() @ h
             if eps:
-                c = eps / probs.shape[1]
+                c = eps / g.shape[1]
                 gh -= c * w.sum(0)
                 gw -= c * h.sum(0)
-                gb -= c * len(t)
+                grad_bias -= c * len(t)
             if grad_weight is None:
-                grad_weight, grad_bias = gw.float(), gb
+                grad_weight = gw.float()
             else:
                 grad_weight += gw
-                grad_bias += gb
         if grad_weight is None:  # no target tokens at all
-            grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+            grad_weight = torch.zeros_like(weight)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (weight.dtype, bias.dtype)
         loss = (1 - eps) * nll + eps * smooth if eps else nll.clone()
