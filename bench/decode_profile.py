@@ -8,6 +8,7 @@ little the rest costs (in fp32 and bf16 the LSTM's gate arithmetic is inside one
 kernel and counts as products; in int8 it does not).
 
     .venv/bin/python -m bench.decode_profile --model M --precision int8 --beam 12
+    .venv/bin/python -m bench.decode_profile --model M --precision int8 --shortlist S.pt
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=14, help="operators listed")
+    parser.add_argument("--shortlist", help="decode over this vocabulary shortlist "
+                                            "(`seq2seq shortlist`)")
     args = parser.parse_args()
 
     import torch
@@ -48,13 +51,15 @@ def main() -> None:
 
     setup_process("decode", torch.device("cpu"), args.threads)
     sources = list(read_lines(CORPUS / "test.en"))[:args.sentences]
-    translator = Translator.load(args.model, device="cpu", precision=args.precision)
+    translator = Translator.load(args.model, device="cpu", precision=args.precision,
+                                 shortlist=args.shortlist)
     translator.translate(sources[:args.batch_size], beam=args.beam, batch_size=args.batch_size)
     with profile() as prof:
         start = time.perf_counter()
         translator.translate(sources, beam=args.beam, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
-    print(f"{args.precision}, beam {args.beam}, {len(sources)} sentences, {args.threads} "
+    print(f"{args.precision}{' + shortlist' if args.shortlist else ''}, beam {args.beam}, "
+          f"{len(sources)} sentences, {args.threads} "
           f"threads: {len(sources) / seconds:.1f} sentences/s (under the profiler)")
     events = prof.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=args.rows))
