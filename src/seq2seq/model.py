@@ -201,8 +201,9 @@ def chunked_loss(
 
 
 # The float32 softmax block that the loss forms, reads and turns into its gradient at once:
-# 1M floats (4 MB), so it stays in the cache between those passes, and the only float32
-# block of the chunk (bench/LOG.md, History, 2026-12-07).
+# 1M floats (4 MB, within L3 between those passes). The chunk itself stays in the
+# products' dtype, so in bf16 its working set is 2 bytes a logit, not 6 (bench/SCALING.md,
+# 2026-12-07: the paper's bf16 step 5.35 -> 3.45 GB).
 SOFTMAX_BLOCK_FLOATS = 1 << 20
 
 
