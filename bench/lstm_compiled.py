@@ -25,25 +25,35 @@ import torch
 BF16 = torch.bfloat16
 
 
-def cell_forward(gates: torch.Tensor, c: torch.Tensor):
-    """Pre-activations (B, 4H) and cell (B, H), float32 -> h (bf16), the new cell, the
-    activations i, f, g, o (bf16) and tanh of the new cell, saved for backward."""
+def cell_forward(projected: torch.Tensor, recurrent: torch.Tensor, c: torch.Tensor,
+                 h_out: torch.Tensor, c_out: torch.Tensor, acts_out: torch.Tensor,
+                 tanh_out: torch.Tensor) -> None:
+    """One step's gates from its input projection and recurrent product (B, 4H, bf16) and
+    the cell (B, H, float32), written into the step's slots of the saved tensors: h
+    (bf16), the new cell, the activations i, f, g, o (bf16) and tanh of the new cell."""
+    gates = projected.float() + recurrent.float()
     i, f, g, o = gates.chunk(4, 1)
     i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
     c = f * c + i * g
     tc = c.tanh()
-    return (o * tc).to(BF16), c, torch.cat([i, f, g, o], 1).to(BF16), tc
+    h_out.copy_((o * tc).to(BF16))
+    c_out.copy_(c)
+    acts_out.copy_(torch.cat([i, f, g, o], 1).to(BF16))
+    tanh_out.copy_(tc)
 
 
-def cell_backward(dh: torch.Tensor, dc: torch.Tensor, acts: torch.Tensor, tc: torch.Tensor,
-                  c_prev: torch.Tensor):
-    """d loss / d h and d loss / d c of a step -> d loss / d pre-activations (bf16) and
-    d loss / d the previous cell."""
+def cell_backward(dh_recurrent: torch.Tensor, dh_out: torch.Tensor, dc: torch.Tensor,
+                  acts: torch.Tensor, tc: torch.Tensor, c_prev: torch.Tensor,
+                  grad_out: torch.Tensor) -> torch.Tensor:
+    """d loss / d h of a step (from the next step's recurrent product, bf16, and from the
+    layer's output) and d loss / d c -> d loss / d pre-activations, written into
+    `grad_out` (bf16), and d loss / d the previous cell (returned)."""
+    dh = dh_recurrent.float() + dh_out.float()
     i, f, g, o = acts.float().chunk(4, 1)
     dc = dc + dh * o * (1 - tc * tc)
-    dgates = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
-                        dc * i * (1 - g * g), dh * tc * o * (1 - o)], 1)
-    return dgates.to(BF16), dc * f
+    grad_out.copy_(torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], 1).to(BF16))
+    return dc * f
 
 
 class CompiledLayer(torch.autograd.Function):
@@ -68,9 +78,9 @@ class CompiledLayer(torch.autograd.Function):
         cells = torch.zeros(batch, steps + 1, hidden)
         tanh_cells = torch.empty(batch, steps, hidden)
         for t in range(steps):
-            gates = projected[:, t].float() + (h @ w_hh.t()).float()
-            h, c, a, tc = cls.forward_cell(gates, cells[:, t])
-            hs[:, t], acts[:, t], cells[:, t + 1], tanh_cells[:, t] = h, a, c, tc
+            cls.forward_cell(projected[:, t], h @ w_hh.t(), cells[:, t], hs[:, t],
+                             cells[:, t + 1], acts[:, t], tanh_cells[:, t])
+            h = hs[:, t]
         ctx.save_for_backward(x, w_ih, w_hh, hs, acts, cells, tanh_cells)
         return hs
 
@@ -79,12 +89,12 @@ class CompiledLayer(torch.autograd.Function):
         x, w_ih, w_hh, hs, acts, cells, tanh_cells = ctx.saved_tensors
         batch, steps, hidden = hs.shape
         grad_gates = torch.empty(batch, steps, 4 * hidden, dtype=BF16)
-        dh, dc = torch.zeros(batch, hidden), torch.zeros(batch, hidden)
+        dh = torch.zeros(batch, hidden, dtype=BF16)
+        dc = torch.zeros(batch, hidden)
         for t in reversed(range(steps)):
-            dg, dc = CompiledLayer.backward_cell(dh + grad_hs[:, t].float(), dc, acts[:, t],
-                                                 tanh_cells[:, t], cells[:, t])
-            grad_gates[:, t] = dg
-            dh = (dg @ w_hh).float()
+            dc = CompiledLayer.backward_cell(dh, grad_hs[:, t], dc, acts[:, t],
+                                             tanh_cells[:, t], cells[:, t], grad_gates[:, t])
+            dh = grad_gates[:, t] @ w_hh
         dg = grad_gates.view(batch * steps, 4 * hidden)
         h_prev = torch.cat([torch.zeros(batch, 1, hidden, dtype=BF16), hs[:, :-1]], 1)
         grad_w_hh = (dg.t() @ h_prev.reshape(batch * steps, hidden)).float()
