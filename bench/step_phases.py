@@ -13,6 +13,11 @@ each phase (ms) and of the step.
 
     .venv/bin/python -m bench.step_phases                    # bf16, 150 updates
     .venv/bin/python -m bench.step_phases --precision fp32 --steps 100
+    .venv/bin/python -m bench.step_phases --operators --steps 30   # by operator instead
+
+With `--operators`, the timed updates run under `torch.profiler` and its table of
+operators by their own time is printed instead of the phases (the profiler slows the step;
+read the shares, not the times).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--steps", type=int, default=150, help="timed updates")
     parser.add_argument("--warmup", type=int, default=20, help="untimed updates first")
+    parser.add_argument("--operators", action="store_true",
+                        help="profile the timed updates by operator instead of by phase")
+    parser.add_argument("--rows", type=int, default=25, help="operators listed")
     args = parser.parse_args()
 
     from seq2seq.config import load_config
@@ -66,6 +74,17 @@ def main() -> None:
         trainer.set_learning_rate = lambda lr: (marks.clear(), mark(), set_learning_rate(lr))
         for phase in ("forward", "backward", "clip_gradients", "update"):
             setattr(trainer, phase, timed(getattr(trainer, phase)))
+        if args.operators:
+            from torch.profiler import profile
+
+            for _ in range(args.warmup):
+                trainer.train_next()
+            with profile() as prof:
+                for _ in range(args.steps):
+                    trainer.train_next()
+            print(f"{args.precision}, {args.steps} updates under the profiler")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+            return
         for i in range(args.warmup + args.steps):
             trainer.train_next()
             mark()

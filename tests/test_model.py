@@ -73,8 +73,8 @@ def test_chunked_nll_matches_cross_entropy_in_value_and_gradient(monkeypatch, bl
         assert torch.allclose(chunked_nll(hidden, weight, bias, targets, 7) * 0.5, ref)
 
 
-@pytest.mark.parametrize("block", SOFTMAX_BLOCKS)
-@pytest.mark.parametrize("grad", [True, False])
+# Without gradients the loss takes no softmax blocks: only the default is run.
+@pytest.mark.parametrize("grad, block", [(True, None), (True, "3 rows"), (False, None)])
 def test_label_smoothing_matches_cross_entropy_in_value_and_gradient(monkeypatch, grad, block):
     set_softmax_block(monkeypatch, block, 31)
     torch.manual_seed(2)

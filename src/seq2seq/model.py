@@ -207,11 +207,6 @@ def chunked_loss(
 SOFTMAX_BLOCK_FLOATS = 1 << 20
 
 
-def softmax_rows(vocab_size: int) -> int:
-    """Rows of the loss's float32 softmax block for a vocabulary of `vocab_size`."""
-    return max(1, SOFTMAX_BLOCK_FLOATS // vocab_size)
-
-
 class _ChunkedLoss(torch.autograd.Function):
     """Output layer + log-softmax + (smoothed) cross-entropy whose backward is a product.
 
@@ -234,7 +229,7 @@ class _ChunkedLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = None
         grad_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=hidden.device)
-        rows_per_block = softmax_rows(w.shape[0])
+        rows_per_block = max(1, SOFTMAX_BLOCK_FLOATS // w.shape[0])
         for s in range(0, len(hidden), chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
             # The chunk's logits in one product, in its dtype; then a cache-sized block of
