@@ -168,9 +168,37 @@ def test_int8_output_rows_equal_the_whole_layer_s():
     from seq2seq.shortlist import OutputRows
 
     layer = quantize_int8(untrained(0)).decoder.output
+    rows = OutputRows(layer)
     ids = torch.tensor([0, 3, 4, 9, 11])
-    hidden = torch.randn(5, 24)
-    assert torch.equal(OutputRows(layer).take(ids)(hidden), layer(hidden)[:, ids])
+    for hidden in (torch.randn(5, 24), torch.rand(1, 24) + 2, torch.rand(64, 24) * 2 - 1):
+        assert torch.equal(rows.take(ids)(hidden), layer(hidden)[:, ids])
+    # a range whose largest activation rounds to 128 (uint8, 7-bit scale): a decoder state
+    # that came up in a demo model's greedy decoding
+    hidden = torch.rand(3, 24) * 2 - 1
+    hidden[0, :2] = torch.tensor([-0.9999991059303284, 0.9999991059303284])
+    quantized = torch.quantize_per_tensor_dynamic(hidden, torch.quint8, reduce_range=True)
+    assert quantized.int_repr().max() == 128
+    assert torch.equal(rows.take(ids)(hidden), layer(hidden)[:, ids])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_an_int8_output_layer_with_zero_points_is_refused():
+    from torch.ao.quantization import (
+        PerChannelMinMaxObserver,
+        PlaceholderObserver,
+        QConfig,
+        quantize_dynamic,
+    )
+
+    from seq2seq.shortlist import OutputRows
+
+    affine = QConfig(activation=PlaceholderObserver.with_args(dtype=torch.quint8,
+                                                              is_dynamic=True),
+                     weight=PerChannelMinMaxObserver.with_args(
+                         dtype=torch.qint8, qscheme=torch.per_channel_affine))
+    model = quantize_dynamic(untrained(0), {torch.nn.Linear: affine}, dtype=torch.qint8)
+    with pytest.raises(ValueError, match="zero points 0"):
+        OutputRows(model.decoder.output)
 
 
 # --------------------------------------------------------------------------- the file

@@ -280,16 +280,29 @@ def _unique(parts: Iterator[np.ndarray]) -> np.ndarray:
 class OutputRows:
     """A decoder's output layer, from which layers of some of its rows (target words) are
     made: an `nn.Linear` (fp32, bf16, fp16), or int8 (PyTorch's dynamic quantized Linear,
-    `seq2seq.device.quantize_int8`), whose weight is unpacked here once."""
+    `seq2seq.device.quantize_int8`), whose weight is unpacked here once.
+
+    An int8 layer of some rows is not repacked for fbgemm (`quantized::linear_prepack`):
+    for the ~2,700 rows of a batch that took ~9 ms, most of it reading the per-row scales
+    one at a time, more than greedy search's whole output product over the batch. It runs
+    the same arithmetic in the open instead: the activations quantized as the quantized
+    Linear's own forward does (one scale and zero point per call, `reduce_range`), one
+    int8 product with int32 sums (`torch._int_mm`), the zero point's term taken out of the
+    sums, then one scale per row and the bias; its logits equal the whole layer's bit for
+    bit (tests/test_shortlist.py)."""
 
     def __init__(self, layer: nn.Module):
         if isinstance(layer, nn.Linear):
             self.weight, self.bias, self.int8 = layer.weight, layer.bias, None
-        else:
-            weight = layer.weight()  # int8 values with a scale and zero point per row
-            self.int8 = (weight.int_repr(), weight.q_per_channel_scales(),
-                         weight.q_per_channel_zero_points())
-            self.bias = layer.bias()
+            return
+        weight = layer.weight()  # int8 values with a scale and zero point per row
+        if weight.qscheme() != torch.per_channel_affine or bool(
+                weight.q_per_channel_zero_points().any()):
+            raise ValueError(f"an int8 output layer with {weight.qscheme()} weights: "
+                             "seq2seq.device.quantize_int8 gives one scale per row and "
+                             "zero points 0")
+        self.int8 = weight.int_repr(), weight.q_per_channel_scales().float()
+        self.bias = layer.bias()
 
     def take(self, ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The layer of the rows `ids` (v',): top-layer outputs (n, hidden) -> logits (n, v'),
@@ -298,8 +311,19 @@ class OutputRows:
         if self.int8 is None:
             return functools.partial(F.linear, weight=self.weight.index_select(0, ids),
                                      bias=bias)
-        values, scales, zero_points = (x.index_select(0, ids) for x in self.int8)
-        weight = torch._make_per_channel_quantized_tensor(values, scales, zero_points, 0)
-        packed = torch.ops.quantized.linear_prepack(weight, bias)
-        # reduce_range as the quantized Linear's own forward (its version 4)
-        return lambda hidden: torch.ops.quantized.linear_dynamic(hidden, packed, True)
+        values, scales = (x.index_select(0, ids) for x in self.int8)
+        return functools.partial(_int8_linear, weight_t=values.t(), scales=scales, bias=bias,
+                                 sums=values.sum(1, dtype=torch.int32))
+
+
+def _int8_linear(hidden: torch.Tensor, weight_t: torch.Tensor, scales: torch.Tensor,
+                 bias: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """hidden (n, k) float32 -> (n, v') float32: what fbgemm's dynamic quantized Linear
+    computes with reduce_range (its version 4), for int8 weights `weight_t` (k, v') with
+    per-row `scales` (v',) and zero points 0, whose rows sum to `sums` (v',) int32."""
+    x = torch.quantize_per_tensor_dynamic(hidden, torch.quint8, reduce_range=True)
+    # uint8 x (7-bit, but rounding can reach 128) as int8 x - 128: its top bit flipped
+    shifted = x.int_repr().view(torch.int8).bitwise_xor_(-128)
+    out = torch._int_mm(shifted, weight_t)
+    out.add_(sums, alpha=128 - x.q_zero_point())  # sum_k (x_k - zero point) * w_k
+    return torch.addcmul(bias, out, scales * x.q_scale())
