@@ -7,7 +7,7 @@ step, the output layer and the log-softmax, at 64 rows (greedy's batch) and 768 
 
 - torch fp32: the model as trained;
 - torch int8: `seq2seq.device.quantize_int8`, what `--precision int8` runs
-  (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per call);
+  (int8 weights with a scale per row, activations quantized per call: fbgemm products);
 - ORT fp32: the same step exported to ONNX (`torch.onnx.export`) and run by ONNX Runtime;
 - ORT int8: that graph through `onnxruntime.quantization.quantize_dynamic` (int8 weights
   with a scale per output row, as ours; `DynamicQuantizeLSTM` and `MatMulInteger`).

@@ -111,12 +111,12 @@ def test_int8_quantizes_when_loading_and_leaves_the_checkpoint_alone(trained_run
     int8 = Translator.load(trained_run / "best.pt", device="cpu", precision="int8")
     model = int8.ensemble.models[0]
     assert int8.precision == "int8"
-    for module in (model.encoder.lstm, model.decoder.lstm, model.decoder.output):
-        assert type(module).__module__.startswith("torch.ao.nn.quantized.dynamic")
-        weights = module.get_weight() if hasattr(module, "get_weight") else {
-            "weight": module.weight()}
-        assert {w.dtype for w in weights.values()} == {torch.qint8}
-        assert {w.qscheme() for w in weights.values()} == {torch.per_channel_affine}
+    assert type(model.decoder.output).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    weights = [model.decoder.output.weight(), *model.encoder.lstm.weights(),
+               *model.decoder.lstm.weights()]
+    assert len(weights) == 1 + 2 * model.cfg.num_layers
+    assert {w.dtype for w in weights} == {torch.qint8}
+    assert {w.qscheme() for w in weights} == {torch.per_channel_affine}
     assert int8.translate(["Tom is here."], beam=2)[0].text
     assert (trained_run / "best.pt").read_bytes() == before
     fp32 = Translator.load(trained_run / "best.pt", device="cpu")  # still a float model
@@ -199,11 +199,19 @@ def test_int8_output_equals_fp32_where_the_argmax_margin_is_wide(confident_run):
             wide.append(i)
     assert len(wide) >= 32
     assert [int8[i] for i in wide] == [fp32[i] for i in wide]
-    # Beam search on the same sentences: the same best hypotheses, scores within 2%.
+    # Beam search on the same sentences: the same best hypotheses, scores within 2%, but
+    # for a few whose beam depends on a near tie that greedy's margins do not cover (one
+    # had </s> 0.009 below the 4th word at the first step: int8 kept </s> in the beam).
+    # Where int8's hypothesis differs, the float model must score it at least as well as
+    # its own: a tie resolved otherwise, not a better translation lost.
     b32 = translator.translate([sources[i] for i in wide], beam=4)
     b8 = int8_translator.translate([sources[i] for i in wide], beam=4)
-    assert [t.text for t in b8] == [t.text for t in b32]
-    assert [t.score for t in b8] == pytest.approx([t.score for t in b32], rel=0.02)
+    same = [(a, b) for a, b in zip(b32, b8) if a.text == b.text]
+    assert len(same) >= 0.9 * len(wide)
+    assert [b.score for _, b in same] == pytest.approx([a.score for a, _ in same], rel=0.02)
+    for i, a, b in zip(wide, b32, b8):
+        if a.text != b.text:
+            assert translator.score([sources[i]], [b.text])[0] >= a.score - 1e-4
 
 
 def test_one_string_is_refused_not_split_into_characters(translator):

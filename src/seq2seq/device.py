@@ -109,14 +109,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """`model` (float32, on the CPU, for inference) with int8 LSTMs and linear layers, in
-    place: PyTorch's dynamic quantization.
+    place: its `nn.LSTM`s become `seq2seq.int8.Int8LSTM`s, its `nn.Linear`s PyTorch's
+    dynamic quantized Linear.
 
     Weights become int8 once, here, with a scale per output row (per gate unit in the
-    LSTMs, per word in the output layer); each product quantizes its
-    input to uint8 on the fly (one scale per call) and accumulates in int32 (fbgemm's
-    kernels, or oneDNN's, as torch's "x86" engine picks: AVX2 at the least, VNNI and AMX
-    where the CPU has them). Gates, embeddings and the log-softmax stay float32. Nothing is
-    written back to a checkpoint: the model loses its float weights, so keep it for
+    LSTMs, per word in the output layer); each product quantizes its input to uint8 on the
+    fly (one scale per call) and accumulates in int32 (fbgemm's kernels: AVX2 at the least,
+    VNNI where the CPU has it). Gates, embeddings and the log-softmax stay float32. Nothing
+    is written back to a checkpoint: the model loses its float weights, so keep it for
     decoding only.
 
     The activations' scale is one per call, shared by the rows of a batch, so a sentence's
@@ -128,13 +128,18 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    from seq2seq.int8 import Int8LSTM
+
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.LSTM):
+                setattr(parent, name, Int8LSTM(child))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated",
                                 DeprecationWarning)
         warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_"
                                 "channel", UserWarning)
-        return quantize_dynamic(model, {nn.LSTM: per_channel_dynamic_qconfig,
-                                        nn.Linear: per_channel_dynamic_qconfig},
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig},
                                 dtype=torch.qint8, inplace=True)
 
 
