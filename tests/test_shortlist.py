@@ -165,20 +165,26 @@ def test_a_shortlist_decodes_as_the_model_without_the_other_words(count):
 
 
 def test_int8_output_rows_equal_the_whole_layer_s():
-    from seq2seq.shortlist import OutputRows
+    from seq2seq.shortlist import PACK_ROWS, OutputRows
 
     layer = quantize_int8(untrained(0)).decoder.output
     rows = OutputRows(layer)
     ids = torch.tensor([0, 3, 4, 9, 11])
-    for hidden in (torch.randn(5, 24), torch.rand(1, 24) + 2, torch.rand(64, 24) * 2 - 1):
-        assert torch.equal(rows.take(ids)(hidden), layer(hidden)[:, ids])
     # a range whose largest activation rounds to 128 (uint8, 7-bit scale): a decoder state
     # that came up in a demo model's greedy decoding
-    hidden = torch.rand(3, 24) * 2 - 1
-    hidden[0, :2] = torch.tensor([-0.9999991059303284, 0.9999991059303284])
-    quantized = torch.quantize_per_tensor_dynamic(hidden, torch.quint8, reduce_range=True)
+    edge = torch.rand(3, 24) * 2 - 1
+    edge[0, :2] = torch.tensor([-0.9999991059303284, 0.9999991059303284])
+    quantized = torch.quantize_per_tensor_dynamic(edge, torch.quint8, reduce_range=True)
     assert quantized.int_repr().max() == 128
-    assert torch.equal(rows.take(ids)(hidden), layer(hidden)[:, ids])
+    # calls of few rows (greedy's) run unpacked; the first of PACK_ROWS rows packs the rows
+    # for fbgemm, which then runs every call of the batch
+    some, packed = rows.take(ids), False
+    for hidden in (torch.randn(5, 24), torch.rand(1, 24) + 2, torch.rand(64, 24) * 2 - 1,
+                   edge, torch.randn(PACK_ROWS, 24), torch.randn(7, 24), edge):
+        assert torch.equal(some(hidden), layer(hidden)[:, ids])
+        packed |= len(hidden) >= PACK_ROWS
+        assert (some.packed is not None) == packed
+    assert packed
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

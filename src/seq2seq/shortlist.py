@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,19 +278,20 @@ def _unique(parts: Iterator[np.ndarray]) -> np.ndarray:
 # --------------------------------------------------------------------------- decoding
 
 
+PACK_ROWS = 512  # an int8 layer of some rows is packed for fbgemm at its first call this wide
+
+
 class OutputRows:
     """A decoder's output layer, from which layers of some of its rows (target words) are
     made: an `nn.Linear` (fp32, bf16, fp16), or int8 (PyTorch's dynamic quantized Linear,
     `seq2seq.device.quantize_int8`), whose weight is unpacked here once.
 
-    An int8 layer of some rows is not repacked for fbgemm (`quantized::linear_prepack`):
-    for the ~2,700 rows of a batch that took ~9 ms, most of it reading the per-row scales
-    one at a time, more than greedy search's whole output product over the batch. It runs
-    the same arithmetic in the open instead: the activations quantized as the quantized
-    Linear's own forward does (one scale and zero point per call, `reduce_range`), one
-    int8 product with int32 sums (`torch._int_mm`), the zero point's term taken out of the
-    sums, then one scale per row and the bias; its logits equal the whole layer's bit for
-    bit (tests/test_shortlist.py)."""
+    An int8 layer of some rows (`Int8Rows`) is packed for fbgemm's product only once a call
+    has `PACK_ROWS` rows: packing the ~2,700 rows of a batch takes 6-9 ms, most of it fbgemm
+    reading the per-row scales one at a time, more than greedy search's whole output
+    product over the batch. Until then it runs the same arithmetic in the open. On the
+    benchmark model (2-core Zen 4, bench/LOG.md), packing at the first call of 256 rows made
+    beam 12 (768 rows a step) 1.07x as fast and beam 5 (320) 0.89x, hence 512."""
 
     def __init__(self, layer: nn.Module):
         if isinstance(layer, nn.Linear):
@@ -301,7 +303,7 @@ class OutputRows:
             raise ValueError(f"an int8 output layer with {weight.qscheme()} weights: "
                              "seq2seq.device.quantize_int8 gives one scale per row and "
                              "zero points 0")
-        self.int8 = weight.int_repr(), weight.q_per_channel_scales().float()
+        self.int8 = weight.int_repr(), weight.q_per_channel_scales()
         self.bias = layer.bias()
 
     def take(self, ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -312,18 +314,41 @@ class OutputRows:
             return functools.partial(F.linear, weight=self.weight.index_select(0, ids),
                                      bias=bias)
         values, scales = (x.index_select(0, ids) for x in self.int8)
-        return functools.partial(_int8_linear, weight_t=values.t(), scales=scales, bias=bias,
-                                 sums=values.sum(1, dtype=torch.int32))
+        return Int8Rows(values, scales, bias)
 
 
-def _int8_linear(hidden: torch.Tensor, weight_t: torch.Tensor, scales: torch.Tensor,
-                 bias: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
-    """hidden (n, k) float32 -> (n, v') float32: what fbgemm's dynamic quantized Linear
-    computes with reduce_range (its version 4), for int8 weights `weight_t` (k, v') with
-    per-row `scales` (v',) and zero points 0, whose rows sum to `sums` (v',) int32."""
-    x = torch.quantize_per_tensor_dynamic(hidden, torch.quint8, reduce_range=True)
-    # uint8 x (7-bit, but rounding can reach 128) as int8 x - 128: its top bit flipped
-    shifted = x.int_repr().view(torch.int8).bitwise_xor_(-128)
-    out = torch._int_mm(shifted, weight_t)
-    out.add_(sums, alpha=128 - x.q_zero_point())  # sum_k (x_k - zero point) * w_k
-    return torch.addcmul(bias, out, scales * x.q_scale())
+class Int8Rows:
+    """Some rows of an int8 output layer: top-layer outputs (n, k) float32 -> logits
+    (n, v') float32, bit for bit what fbgemm's dynamic quantized Linear (with reduce_range,
+    its version 4) computes for them, from int8 `values` (v', k) with per-row `scales` (v',)
+    float64 and zero points 0, and `bias` (v',)."""
+
+    def __init__(self, values: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor):
+        self.values, self.scales, self.bias = values, scales, bias
+        self.float_scales = scales.float()
+        self.sums = values.sum(1, dtype=torch.int32)
+        self.packed = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.packed is None and len(hidden) >= PACK_ROWS:
+            self.packed = torch.ops.quantized.linear_prepack(self._quantized(), self.bias)
+        if self.packed is not None:
+            return torch.ops.quantized.linear_dynamic(hidden, self.packed, True)
+        # The same arithmetic in the open: the activations quantized as fbgemm does, one
+        # int8 product with int32 sums, the zero point's term out, each row's scale, the bias
+        x = torch.quantize_per_tensor_dynamic(hidden, torch.quint8, reduce_range=True)
+        # uint8 x (7-bit, but rounding can reach 128) as int8 x - 128: its top bit flipped
+        shifted = x.int_repr().view(torch.int8).bitwise_xor_(-128)
+        out = torch._int_mm(shifted, self.values.t())
+        out.add_(self.sums, alpha=128 - x.q_zero_point())  # sum_k (x_k - zero point) w_k
+        return torch.addcmul(self.bias, out, self.float_scales * x.q_scale())
+
+    def _quantized(self) -> torch.Tensor:
+        """The rows as a quantized tensor: the floats they stand for, quantized again with
+        their own scales, give back the same int8 values."""
+        weight = self.values.float() * self.scales[:, None].float()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_"
+                                    "channel", UserWarning)
+            return torch.quantize_per_channel(weight, self.scales, torch.zeros_like(
+                self.sums, dtype=torch.long), 0, torch.qint8)
