@@ -13,11 +13,12 @@ It runs the arithmetic of PyTorch's dynamic quantized LSTM with fewer and cheape
   vs 14 us for 64 x 512 floats, 2 threads, Zen 4), and PyTorch's quantized LSTM takes
   three sigmoids and two tanh at every step, over strided slices of its gates.
 
-One step of the benchmark model's 2-layer decoder (2 x 512, embeddings 256) took 1.33x
-less time than PyTorch's at 64 rows (greedy) and 1.20x at 768 (beam 12) (2 threads, Zen 4;
-bench/LOG.md). Its outputs differ from PyTorch's quantized LSTM's as two int8 models do (the
-input and h share an activation scale, and a gate unit's input and recurrent weights a
-weight scale), and are as close to the float model's.
+On the benchmark model's shapes (2 layers of 512, embeddings 256; `python -m
+bench.int8_lstm`, 2 threads, Zen 4) a decoder step runs 1.23-1.29x as fast as PyTorch's at
+64 rows (greedy) and 1.25-1.27x at 768 (beam 12), an encoder pass 1.05-1.13x. Its outputs
+differ from PyTorch's quantized LSTM's as two int8 models do (the input and h share an
+activation scale, a gate unit's input and recurrent weights a weight scale), and are as
+close to the float model's: bench/LOG.md counts the translations equal to fp32's.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import warnings
 import torch
 from torch import nn
 
-State = tuple[torch.Tensor, torch.Tensor]
+from seq2seq.model import State
 
 
 def prepack(weight: torch.Tensor, bias: torch.Tensor) -> torch.ScriptObject:
