@@ -24,7 +24,8 @@ from bench.common import CORPUS
 # (`quantized::linear_dynamic`, the quantization of its input included; the LSTMs' gate
 # arithmetic runs as separate operators, `aten::sigmoid_`, `aten::addcmul`, ..., and is not
 # counted); an int8 output layer cut to a shortlist's words (`aten::_int_mm`, its input's
-# quantization not counted).
+# quantization not counted; from `shortlist.PACK_ROWS` rows a call, as beam 12's,
+# `quantized::linear_dynamic` again).
 PRODUCTS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::mkldnn_rnn_layer",
             "quantized::linear_dynamic", "aten::_int_mm"}
 SCORING = {"aten::topk", "aten::_log_softmax"}  # each reads every score of every row

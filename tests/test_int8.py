@@ -56,7 +56,21 @@ def test_int8_lstm_runs_the_int8_arithmetic_of_the_reference():
     assert torch.allclose(c.double(), want_c, atol=1e-5)
     float_out, _ = lstm(x, state)
     assert (out - float_out).abs().max() < 0.1
-    assert (out - float_out).abs().max() > (out.double() - want).abs().max()
+
+
+def test_int8_lstm_weights_are_nn_lstm_s_quantized_per_gate_unit():
+    # The reference above reads the weights under test; here they are made independently:
+    # [W_ih | W_hh] of each layer, gates (i, f, o, 2 g), one symmetric scale per row.
+    lstm = float_lstm(3)
+    for k, weight in enumerate(Int8LSTM(lstm).weights()):
+        rows = torch.cat([getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")],
+                         1).detach()
+        i, f, g, o = rows.split(HIDDEN)
+        rows = torch.cat([i, f, o, 2 * g])
+        scales = rows.abs().amax(1, keepdim=True).double() / 127.5
+        assert torch.allclose(weight.q_per_channel_scales(), scales[:, 0], rtol=1e-6)
+        # each value the nearest multiple of its row's scale
+        assert ((weight.dequantize().double() - rows).abs() <= scales * 0.5001).all()
 
 
 def test_int8_lstm_steps_one_at_a_time_as_in_one_call():
@@ -71,11 +85,11 @@ def test_int8_lstm_steps_one_at_a_time_as_in_one_call():
     assert torch.equal(state[0], final[0]) and torch.equal(state[1], final[1])
 
 
-def test_int8_lstm_starts_from_zeros_without_a_state():
+def test_int8_lstm_refuses_a_state_of_other_layers():
     int8 = Int8LSTM(float_lstm(2))
-    x = torch.randn(3, 2, INPUT)
-    zeros = torch.zeros(LAYERS, 3, HIDDEN)
-    assert torch.equal(int8(x)[0], int8(x, (zeros, zeros))[0])
+    state = torch.zeros(LAYERS + 1, 3, HIDDEN)
+    with pytest.raises(ValueError, match="a state of 3 layers for an LSTM of 2"):
+        int8(torch.randn(3, 2, INPUT), (state, state))
 
 
 @pytest.mark.parametrize("kwargs", [{"bidirectional": True}, {"batch_first": False},

@@ -185,6 +185,7 @@ def test_int8_output_rows_equal_the_whole_layer_s():
         packed |= len(hidden) >= PACK_ROWS
         assert (some.packed is not None) == packed
     assert packed
+    assert rows.take(ids)(torch.empty(0, 24)).shape == (0, len(ids))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

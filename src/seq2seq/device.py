@@ -4,7 +4,8 @@
 - `autocast(device, precision)`: bf16 or fp16 autocast on CUDA, bf16 on the CPU (oneDNN's
   AVX-512 BF16 kernels); fp32 is a no-op. Parameters and optimizer state stay float32.
 - `quantize_int8(model)`: decoding only, on the CPU: int8 LSTM and output-layer weights
-  (PyTorch's dynamic quantization), chosen when a model is loaded for decoding.
+  (`seq2seq.int8.Int8LSTM`, PyTorch's dynamic quantized Linear), chosen when a model is
+  loaded for decoding; `quantization_quieted()`, the warnings its tools give.
 - `dist_backend(device)`: NCCL for CUDA, gloo for the CPU.
 - cuDNN's fused LSTM kernels are used by `nn.LSTM` on CUDA automatically; `configure`
   turns on cuDNN's autotuner and TF32 matmuls, which suit fixed-shape LSTM batches.
@@ -122,9 +123,6 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     The activations' scale is one per call, shared by the rows of a batch, so a sentence's
     scores depend slightly on the sentences decoded with it, and a near tie may go the
     other way in another batch.
-
-    PyTorch marks `torch.ao.quantization` as to be replaced by torchao, whose CPU int8
-    path needs `torch.compile`; its two deprecation warnings are silenced here.
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -134,13 +132,22 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         for name, child in parent.named_children():
             if isinstance(child, nn.LSTM):
                 setattr(parent, name, Int8LSTM(child))
+    with quantization_quieted():
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8, inplace=True)
+
+
+@contextlib.contextmanager
+def quantization_quieted():
+    """Silence the deprecation warnings of PyTorch's quantization tools (`torch.ao.
+    quantization`, `torch.quantize_per_channel`, ...): PyTorch marks them as to be replaced
+    by torchao, whose CPU int8 path needs `torch.compile`."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "torch.ao.quantization is deprecated",
                                 DeprecationWarning)
         warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_"
                                 "channel", UserWarning)
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig},
-                                dtype=torch.qint8, inplace=True)
+        yield
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:

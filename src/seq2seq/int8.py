@@ -4,8 +4,10 @@ It runs the arithmetic of PyTorch's dynamic quantized LSTM with fewer and cheape
 
 - one product per layer and time step, of [input, h] with the concatenated weights
   [W_ih | W_hh] (int8, one scale per gate unit) and the two biases summed, where PyTorch's
-  takes two: each fbgemm call quantizes its input and reads its weights once, and at
-  decoding's few rows a product of 64 x 768 costs little more than one of 64 x 512;
+  takes two at a decoding step (over a sequence, it projects all steps' inputs at once
+  and then takes one product a step, as many as this one): each fbgemm call quantizes its
+  input and reads its weights once, and at decoding's few rows a product of 64 x 768
+  costs little more than one of 64 x 512;
 - the gates' rows reordered to (input, forget, output, cell) and the cell gate's doubled
   (exact in floating point), so that one sigmoid over the whole gate tensor gives the three
   sigmoid gates and sigma(2x), from which tanh(x) = 2 sigma(2x) - 1; the new cell's tanh is
@@ -23,11 +25,10 @@ close to the float model's: bench/LOG.md counts the translations equal to fp32's
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
+from seq2seq.device import quantization_quieted
 from seq2seq.model import State
 
 
@@ -40,9 +41,7 @@ def prepack(weight: torch.Tensor, bias: torch.Tensor) -> torch.ScriptObject:
     observer = per_channel_dynamic_qconfig.weight()
     observer(weight)
     scales, zero_points = observer.calculate_qparams()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_"
-                                "channel", UserWarning)
+    with quantization_quieted():
         int8 = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
     return torch.ops.quantized.linear_prepack(int8, bias)
 
@@ -54,16 +53,16 @@ def _reordered(rows: torch.Tensor, hidden: int) -> torch.Tensor:
 
 
 class Int8LSTM(nn.Module):
-    """A unidirectional, batch-first `nn.LSTM` with biases, for decoding: the same inputs
-    and outputs, int8 weights (see the module's docstring), no dropout, no gradients."""
+    """A unidirectional, batch-first `nn.LSTM` with biases, for decoding: its inputs (a
+    (batch, steps, input) tensor, not a packed sequence) and outputs, int8 weights (see the
+    module's docstring), no dropout, no gradients."""
 
     def __init__(self, lstm: nn.LSTM):
         super().__init__()
         if lstm.bidirectional or lstm.proj_size or not lstm.bias or not lstm.batch_first:
             raise ValueError("Int8LSTM takes a unidirectional, batch-first nn.LSTM with "
                              "biases and no projection")
-        self.input_size, self.hidden_size = lstm.input_size, lstm.hidden_size
-        self.num_layers = lstm.num_layers
+        self.hidden_size = lstm.hidden_size
         self.packed = []  # per layer: [W_ih | W_hh] with b_ih + b_hh, packed for fbgemm
         with torch.no_grad():
             for k in range(lstm.num_layers):
@@ -83,8 +82,11 @@ class Int8LSTM(nn.Module):
         -> the top layer's outputs (batch, steps, hidden), the final (h, c)."""
         batch, steps, _ = x.shape
         if state is None:
-            zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)
+            zeros = x.new_zeros(len(self.packed), batch, self.hidden_size)
             state = zeros, zeros
+        elif state[0].shape[0] != len(self.packed) or state[1].shape[0] != len(self.packed):
+            raise ValueError(f"a state of {state[0].shape[0]} layers for an LSTM of "
+                             f"{len(self.packed)}")
         h, c = list(state[0].unbind()), list(state[1].unbind())
         outputs = []
         for t in range(steps):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from torch import nn
 from seq2seq.checkpoint import read_torch_file
 from seq2seq.config import SHORTLIST_FREQUENT, SHORTLIST_ITERATIONS, SHORTLIST_TRANSLATIONS
 from seq2seq.data import DataDir, ParallelCorpus
+from seq2seq.device import quantization_quieted
 from seq2seq.errors import CheckpointError, DataError, check_integer, shown
 from seq2seq.files import atomic_file
 from seq2seq.vocab import EOS_ID, Vocabulary
@@ -319,9 +319,11 @@ class OutputRows:
 
 class Int8Rows:
     """Some rows of an int8 output layer: top-layer outputs (n, k) float32 -> logits
-    (n, v') float32, bit for bit what fbgemm's dynamic quantized Linear (with reduce_range,
-    its version 4) computes for them, from int8 `values` (v', k) with per-row `scales` (v',)
-    float64 and zero points 0, and `bias` (v',)."""
+    (n, v') float32, what fbgemm's dynamic quantized Linear (with reduce_range, its version
+    4) computes for them, from int8 `values` (v', k) with per-row `scales` (v',) float64 and
+    zero points 0, and `bias` (v',). Bit for bit where PyTorch's vectorized kernels run
+    (checked with them at AVX-512 and capped at AVX2, tests/test_shortlist.py); its scalar
+    fallback rounds the last step otherwise, by up to an ulp."""
 
     def __init__(self, values: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor):
         self.values, self.scales, self.bias = values, scales, bias
@@ -330,6 +332,8 @@ class Int8Rows:
         self.packed = None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not len(hidden):
+            return hidden.new_empty(0, len(self.bias))
         if self.packed is None and len(hidden) >= PACK_ROWS:
             self.packed = torch.ops.quantized.linear_prepack(self._quantized(), self.bias)
         if self.packed is not None:
@@ -347,8 +351,7 @@ class Int8Rows:
         """The rows as a quantized tensor: the floats they stand for, quantized again with
         their own scales, give back the same int8 values."""
         weight = self.values.float() * self.scales[:, None].float()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_"
-                                    "channel", UserWarning)
-            return torch.quantize_per_channel(weight, self.scales, torch.zeros_like(
-                self.sums, dtype=torch.long), 0, torch.qint8)
+        zero_points = torch.zeros(len(self.values), dtype=torch.long)
+        with quantization_quieted():
+            return torch.quantize_per_channel(weight, self.scales, zero_points, 0,
+                                              torch.qint8)
