@@ -117,10 +117,14 @@ def test_chunked_nll_is_exact_for_confidently_wrong_predictions():
     assert ours.item() > 600
 
 
-def test_chunked_loss_in_bf16_matches_float32_on_the_same_logits():
+@pytest.mark.parametrize("block", SOFTMAX_BLOCKS)
+def test_chunked_loss_in_bf16_matches_float32_on_the_same_logits(monkeypatch, block):
     # In bf16 the logits are bf16; from there on the loss and its gradient must be those
     # of float32 cross-entropy on the same logits: each row's NLL to float32 rounding, also
     # where p(target) underflows or is within 0.5% of 1, and the gradients to bf16 rounding.
+    # With 3-row softmax blocks, each block's float32 gradient is written back into the
+    # bf16 chunk it came from.
+    set_softmax_block(monkeypatch, block, 300)
     torch.manual_seed(3)
     hidden = torch.randn(60, 16).bfloat16()
     weight = (torch.randn(300, 16) * 3).bfloat16()
