@@ -7,7 +7,8 @@ sentences), and an encoder pass of 64 sentences of 12 and of 30 tokens, each wit
 state. The two run alternately, `--rounds` times `--calls` calls each; the ratio is of the
 medians. Each output's largest difference from the float LSTM is printed beside it, to
 show that the two int8 LSTMs are as close to it as each other. Weights are drawn at random
-(uniform +-0.08, the paper's init); speed does not depend on them.
+(uniform +-0.08, the paper's init); speed does not depend on them. First, the reason for
+Int8LSTM's gate arithmetic: `torch.tanh` against `torch.sigmoid` on 64 x 512 floats.
 
     .venv/bin/python -m bench.int8_lstm --threads 2
 """
@@ -46,6 +47,14 @@ def main() -> None:
         theirs = quantize_dynamic(nn.Sequential(copy.deepcopy(lstm)),
                                   {nn.LSTM: per_channel_dynamic_qconfig}, dtype=torch.qint8)[0]
     ours = Int8LSTM(lstm)
+    gates = torch.randn(64, 512)
+    for name, op in (("tanh", torch.tanh), ("sigmoid", torch.sigmoid)):
+        for _ in range(20):
+            op(gates)
+        start = time.perf_counter()
+        for _ in range(2000):
+            op(gates)
+        print(f"torch.{name}, 64 x 512: {(time.perf_counter() - start) / 2000 * 1e6:.1f} us")
     print(f"{args.threads} threads; median ms per call of {args.rounds} rounds x "
           f"{args.calls} calls, alternating")
     print("| rows | steps | PyTorch's quantized LSTM | Int8LSTM | ratio | max error vs float "

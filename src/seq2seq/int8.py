@@ -11,16 +11,18 @@ It runs the arithmetic of PyTorch's dynamic quantized LSTM with fewer and cheape
 - the gates' rows reordered to (input, forget, output, cell) and the cell gate's doubled
   (exact in floating point), so that one sigmoid over the whole gate tensor gives the three
   sigmoid gates and sigma(2x), from which tanh(x) = 2 sigma(2x) - 1; the new cell's tanh is
-  taken the same way. On this build `torch.tanh` runs ~4x as long as `torch.sigmoid` (60
-  vs 14 us for 64 x 512 floats, 2 threads, Zen 4), and PyTorch's quantized LSTM takes
-  three sigmoids and two tanh at every step, over strided slices of its gates.
+  taken the same way. On this build `torch.tanh` runs ~4x as long as `torch.sigmoid` (55-60
+  vs 14-15 us for 64 x 512 floats, 2 threads, Zen 4; `bench.int8_lstm` prints both), and
+  PyTorch's quantized LSTM takes three sigmoids and two tanh at every step, over strided
+  slices of its gates.
 
 On the benchmark model's shapes (2 layers of 512, embeddings 256; `python -m
 bench.int8_lstm`, 2 threads, Zen 4) a decoder step runs 1.23-1.29x as fast as PyTorch's at
 64 rows (greedy) and 1.25-1.27x at 768 (beam 12), an encoder pass 1.05-1.13x. Its outputs
 differ from PyTorch's quantized LSTM's as two int8 models do (the input and h share an
 activation scale, a gate unit's input and recurrent weights a weight scale), and are as
-close to the float model's: bench/LOG.md counts the translations equal to fp32's.
+close to the float model's: `python -m bench.int8_decode --model M` counts the
+translations equal to fp32's (bench/LOG.md, History, 2026-12-08).
 """
 
 from __future__ import annotations

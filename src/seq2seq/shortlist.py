@@ -290,8 +290,9 @@ class OutputRows:
     has `PACK_ROWS` rows: packing the ~2,700 rows of a batch takes 6-9 ms, most of it fbgemm
     reading the per-row scales one at a time, more than greedy search's whole output
     product over the batch. Until then it runs the same arithmetic in the open. On the
-    benchmark model (2-core Zen 4, bench/LOG.md), packing at the first call of 256 rows made
-    beam 12 (768 rows a step) 1.07x as fast and beam 5 (320) 0.89x, hence 512."""
+    benchmark model (2-core Zen 4; `python -m bench.int8_decode --pack-rows`, bench/LOG.md),
+    packing at the first call of 256 rows made beam 12 (768 rows a step) 1.07x as fast and
+    beam 5 (320) 0.87-0.89x, hence 512."""
 
     def __init__(self, layer: nn.Module):
         if isinstance(layer, nn.Linear):
