@@ -14,11 +14,21 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from seq2seq import bf16
 from seq2seq.config import ModelConfig
 from seq2seq.data import SourceOrder
 from seq2seq.vocab import PAD_ID
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hidden_size)
+
+
+def run_lstm(lstm: nn.LSTM, x: torch.Tensor, state: State | None = None,
+             gate_kernel: bool = True) -> tuple[torch.Tensor, State]:
+    """`lstm(x, state)`; in bf16 training on the CPU, by `seq2seq.bf16`'s LSTM unless
+    `gate_kernel` is off (`Seq2Seq.use_gate_kernel`)."""
+    if gate_kernel and bf16.applies(lstm, x):
+        return bf16.lstm_forward(lstm, x, state)
+    return lstm(x, state)
 
 
 class Encoder(nn.Module):
@@ -28,6 +38,7 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers,
                             batch_first=True, dropout=cfg.dropout)
+        self.gate_kernel = True
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         """src (batch, src_len), src_lens (batch,) -> final (h, c) at each true length.
@@ -42,7 +53,7 @@ class Encoder(nn.Module):
         x = self.dropout(self.embed(src))
         lens = src_lens.cpu()
         if bool((lens == src.shape[1]).all()):
-            _, state = self.lstm(x)
+            _, state = run_lstm(self.lstm, x, gate_kernel=self.gate_kernel)
             return state
         order = torch.argsort(lens, descending=True, stable=True)
         x, lens = x[order.to(x.device)], lens[order]
@@ -52,7 +63,7 @@ class Encoder(nn.Module):
             going = int((lens >= end).sum())  # a prefix of the rows: they are sorted
             if state is not None:  # cuDNN needs contiguous states
                 state = (state[0][:, :going].contiguous(), state[1][:, :going].contiguous())
-            _, state = self.lstm(x[:going, start:end], state)
+            _, state = run_lstm(self.lstm, x[:going, start:end], state, self.gate_kernel)
             longer = int((lens > end).sum())
             finals.append((state[0][:, longer:going], state[1][:, longer:going]))
             start = end
@@ -70,10 +81,12 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers,
                             batch_first=True, dropout=cfg.dropout)
         self.output = nn.Linear(cfg.hidden_size, vocab_size)
+        self.gate_kernel = True
 
     def forward(self, tgt_in: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tgt_in (batch, tgt_len) -> top-layer outputs (batch, tgt_len, hidden), new state."""
-        out, state = self.lstm(self.dropout(self.embed(tgt_in)), state)
+        out, state = run_lstm(self.lstm, self.dropout(self.embed(tgt_in)), state,
+                              self.gate_kernel)
         return self.dropout(out), state
 
 
@@ -91,6 +104,11 @@ class Seq2Seq(nn.Module):
         self.decoder = Decoder(tgt_vocab_size, cfg)
         for p in self.parameters():
             nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+
+    def use_gate_kernel(self, enabled: bool) -> None:
+        """Whether bf16 training on the CPU runs the LSTMs by `seq2seq.bf16` (the default)
+        or by `nn.LSTM` (`train.gate_kernel`)."""
+        self.encoder.gate_kernel = self.decoder.gate_kernel = enabled
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         return self.encoder(src, src_lens)

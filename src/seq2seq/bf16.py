@@ -1,0 +1,178 @@
+"""The LSTM of bf16 training on the CPU: PyTorch's bf16 products, our gate kernel between.
+
+`nn.LSTM` under bf16 autocast runs oneDNN's fused LSTM, whose backward takes ~2.4x its
+forward's time for twice its FLOPs (bench/RESULTS.md, "Where the bf16 step goes"). This
+LSTM runs each layer of an `nn.LSTM`, with its parameters, as
+
+- forward: the input's product for all time steps at once (one GEMM), then per step the
+  recurrent product h_{t-1} W_hh^T and one pass of gate arithmetic (`csrc/lstm_gates.c`:
+  bias, sigmoids, tanh, the new cell and h; the activations are kept for backward);
+- backward, steps in reverse: one pass of gate gradients, then the recurrent product
+  d gates_t W_hh; then the gradients of the weights and of the input as single GEMMs over
+  all steps.
+
+The products are `torch.mm` in bf16 (oneDNN's GEMMs); cells, gate values and the bias's
+gradient are float32. Results equal `nn.LSTM`'s under autocast up to bf16 rounding
+(tests/test_bf16.py). The model's LSTMs take this path when training in bf16 on a CPU with
+AVX-512 (`applies`). The kernel is compiled once per process by the system C compiler
+(~0.3 s); where there is none, training runs `nn.LSTM` and says so once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
+
+BF16 = torch.bfloat16
+SOURCE = Path(__file__).with_name("csrc") / "lstm_gates.c"
+CFLAGS = ["-O3", "-march=x86-64-v4", "-mprefer-vector-width=512", "-fno-math-errno",
+          "-fno-trapping-math", "-shared", "-fPIC"]
+
+
+@functools.cache
+def kernel() -> ctypes.CDLL | None:
+    """The compiled gate kernel, or None (logged once) where it cannot run: not an x86-64
+    CPU with AVX-512, no C compiler, or the compiler failed."""
+    if platform.machine() not in ("x86_64", "AMD64") or \
+            torch.backends.cpu.get_cpu_capability() != "AVX512":
+        log.info("bf16 LSTM: PyTorch's nn.LSTM (the gate kernel needs an x86-64 CPU with "
+                 "AVX-512)")
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("bf16 LSTM: no C compiler (cc, gcc or $CC) to build seq2seq's gate "
+                    "kernel; training runs PyTorch's nn.LSTM instead (slower)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        library = Path(tmp) / "lstm_gates.so"
+        try:
+            proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(library)],
+                                  capture_output=True, text=True)
+            error = proc.stderr.strip()[:500] if proc.returncode else None
+        except OSError as e:
+            error = str(e)
+        if error is not None:
+            log.warning(f"bf16 LSTM: {compiler} could not build {SOURCE} ({error}); "
+                        "training runs PyTorch's nn.LSTM instead (slower)")
+            return None
+        lib = ctypes.CDLL(str(library))  # mapped: the file can go
+    i, n, p = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
+    lib.lstm_forward_step.argtypes = [i, i, p, p, p, p, p, p, p]
+    lib.lstm_forward_step.restype = None
+    lib.lstm_backward_step.argtypes = [i, i, p, p, n, p, p, p, p, p, p]
+    lib.lstm_backward_step.restype = None
+    return lib
+
+
+def applies(lstm: nn.LSTM, x: torch.Tensor) -> bool:
+    """Whether `lstm`'s call on `x` runs here: training (gradients on) under the CPU's bf16
+    autocast, a plain unidirectional batch-first LSTM, and the kernel at hand."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == BF16 and torch.is_grad_enabled()
+            and lstm.weight_hh_l0.requires_grad and lstm.batch_first
+            and not lstm.bidirectional and lstm.proj_size == 0 and lstm.bias
+            and kernel() is not None)
+
+
+def lstm_forward(lstm: nn.LSTM, x: torch.Tensor,
+                 state: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """`lstm(x, state)` (batch-first) on this path: x (batch, steps, input) ->
+    (outputs (batch, steps, hidden) bf16, (h (layers, batch, hidden) bf16,
+    c (layers, batch, hidden) float32)). Dropout between layers as `nn.LSTM`'s."""
+    layers, hidden = lstm.num_layers, lstm.hidden_size
+    batch = x.shape[0]
+    if state is None:
+        zeros = x.new_zeros(layers, batch, hidden, dtype=torch.float32)
+        state = (zeros, zeros)
+    out = x.transpose(0, 1).to(BF16, memory_format=torch.contiguous_format)  # time-major
+    finals_h, finals_c = [], []
+    for k in range(layers):
+        if k > 0 and lstm.dropout:
+            out = F.dropout(out, lstm.dropout, lstm.training)
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")
+        bias = getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")
+        out, h, c = _Layer.apply(out, state[0][k], state[1][k], w_ih.to(BF16), w_hh.to(BF16),
+                                 bias.float())
+        finals_h.append(h)
+        finals_c.append(c)
+    return out.transpose(0, 1), (torch.stack(finals_h), torch.stack(finals_c))
+
+
+class _Layer(torch.autograd.Function):
+    """One LSTM layer over a time-major batch: x (steps, batch, input) bf16, h0, c0
+    (batch, hidden), w_ih (4h, input) and w_hh (4h, hidden) bf16, bias (4h) float32 ->
+    (h of every step (steps, batch, hidden) bf16, last h bf16, last c float32)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, bias):
+        steps, batch, _ = x.shape
+        hidden = w_hh.shape[1]
+        lib = kernel()
+        x_part = torch.mm(x.view(steps * batch, -1), w_ih.t())  # (steps x batch, 4h)
+        h_all = torch.empty(steps + 1, batch, hidden, dtype=BF16)  # h_0 .. h_T
+        h_all[0] = h0
+        cells = torch.empty(steps + 1, batch, hidden)  # c_0 .. c_T, float32
+        cells[0] = c0
+        acts = torch.empty(steps, batch, 4 * hidden)  # i, f, g, o of each step, float32
+        r_part = torch.empty(batch, 4 * hidden, dtype=BF16)
+        w_hh_t = w_hh.t()
+        # Each step's slice of the buffers by address: one ctypes call a step, no views.
+        bytes_h, bytes_c, bytes_gates = batch * hidden * 2, batch * hidden * 4, batch * hidden * 8
+        for t in range(steps):
+            torch.mm(h_all[t], w_hh_t, out=r_part)
+            lib.lstm_forward_step(
+                batch, hidden, x_part.data_ptr() + t * bytes_gates, r_part.data_ptr(),
+                bias.data_ptr(), cells.data_ptr() + t * bytes_c,
+                cells.data_ptr() + (t + 1) * bytes_c, acts.data_ptr() + 2 * t * bytes_gates,
+                h_all.data_ptr() + (t + 1) * bytes_h)
+        ctx.save_for_backward(x, w_ih, w_hh, h_all, cells, acts)
+        ctx.state_dtypes = (h0.dtype, c0.dtype)
+        return h_all[1:], h_all[steps], cells[steps]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_h_last, grad_c_last):
+        x, w_ih, w_hh, h_all, cells, acts = ctx.saved_tensors
+        steps, batch, hidden = grad_out.shape if grad_out is not None else h_all[1:].shape
+        lib = kernel()
+        if grad_out is None:
+            grad_out = torch.zeros(steps, batch, hidden, dtype=BF16)
+        grad_out = grad_out.to(BF16)
+        if grad_out.stride(2) != 1:  # the kernel reads rows of contiguous values
+            grad_out = grad_out.contiguous()
+        dh = (torch.zeros(batch, hidden, dtype=BF16) if grad_h_last is None
+              else grad_h_last.to(BF16, memory_format=torch.contiguous_format))
+        dc = (torch.zeros(batch, hidden) if grad_c_last is None
+              else grad_c_last.to(torch.float32, copy=True, memory_format=torch.contiguous_format))
+        grad_gates = torch.empty(steps, batch, 4 * hidden, dtype=BF16)
+        grad_bias = torch.zeros(4 * hidden)
+        bytes_c, bytes_gates = batch * hidden * 4, batch * hidden * 8
+        out_step, out_row = grad_out.stride(0) * 2, grad_out.stride(1)
+        for t in reversed(range(steps)):
+            lib.lstm_backward_step(
+                batch, hidden, dh.data_ptr(), grad_out.data_ptr() + t * out_step, out_row,
+                dc.data_ptr(), acts.data_ptr() + 2 * t * bytes_gates,
+                cells.data_ptr() + t * bytes_c, cells.data_ptr() + (t + 1) * bytes_c,
+                grad_gates.data_ptr() + t * bytes_gates, grad_bias.data_ptr())
+            dh = torch.mm(grad_gates[t], w_hh)  # d loss / d h_{t-1}
+        gates = grad_gates.view(steps * batch, 4 * hidden)
+        grad_x = (torch.mm(gates, w_ih).view(steps, batch, -1)
+                  if ctx.needs_input_grad[0] else None)
+        grad_w_ih = torch.mm(gates.t(), x.view(steps * batch, -1))
+        grad_w_hh = torch.mm(gates.t(), h_all[:steps].view(steps * batch, hidden))
+        return (grad_x, dh.to(ctx.state_dtypes[0]), dc.to(ctx.state_dtypes[1]), grad_w_ih,
+                grad_w_hh, grad_bias)

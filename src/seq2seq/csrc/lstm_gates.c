@@ -1,0 +1,141 @@
+/* The gate arithmetic of one LSTM time step, forward and backward, for bf16 training on
+ * the CPU (seq2seq.bf16). The products stay PyTorch's (oneDNN's bf16 GEMMs); this is the
+ * element-wise part between them, one pass over a step's (batch, 4 x hidden) gates.
+ *
+ * Layout: a row of gates holds nn.LSTM's blocks i, f, g, o of `hidden` values each; every
+ * (rows, width) matrix is dense, rows `width` apart, except `grad_h`'s, rows `grad_h_ld`
+ * apart. bf16 values are raw uint16 (the top half of a float32). Gate values, the cell and
+ * every sum are float32; bf16 only where a product reads or writes.
+ *
+ * Built at run time by the system C compiler for x86-64 with AVX-512 (seq2seq.bf16);
+ * the loops are written so that it vectorizes them (-O3), hence the exponential below
+ * instead of libm's, and one function per row with restrict pointers.
+ */
+#include <stdint.h>
+
+typedef uint16_t bf16;
+
+static inline float from_bf16(bf16 x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round to nearest even, as PyTorch's conversion does for finite values. */
+static inline bf16 to_bf16(float x) {
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    return (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* exp(x) to ~2 ulp: 2^k x p(r), x = k ln 2 + r, |r| <= ln 2 / 2 (Cephes' expf
+ * polynomial); x clamped to [-87, 88], where float32's exp stays finite and normal. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float k = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    uint32_t bits = (uint32_t)((int32_t)k + 127) << 23;
+    float scale;
+    __builtin_memcpy(&scale, &bits, 4);
+    return (p * r * r + r + 1.0f) * scale;
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+static inline float tanh_(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
+
+static void forward_row(int hidden, const bf16 *restrict xi, const bf16 *restrict xf,
+                        const bf16 *restrict xg, const bf16 *restrict xo,
+                        const bf16 *restrict ri, const bf16 *restrict rf,
+                        const bf16 *restrict rg, const bf16 *restrict ro,
+                        const float *restrict bi, const float *restrict bf,
+                        const float *restrict bg, const float *restrict bo,
+                        const float *restrict c_prev, float *restrict c_next,
+                        float *restrict ai, float *restrict af, float *restrict ag,
+                        float *restrict ao, bf16 *restrict h) {
+    for (int j = 0; j < hidden; j++) {
+        float i = sigmoid(from_bf16(xi[j]) + from_bf16(ri[j]) + bi[j]);
+        float f = sigmoid(from_bf16(xf[j]) + from_bf16(rf[j]) + bf[j]);
+        float g = tanh_(from_bf16(xg[j]) + from_bf16(rg[j]) + bg[j]);
+        float o = sigmoid(from_bf16(xo[j]) + from_bf16(ro[j]) + bo[j]);
+        float c = f * c_prev[j] + i * g;
+        c_next[j] = c;
+        h[j] = to_bf16(o * tanh_(c));
+        ai[j] = i;
+        af[j] = f;
+        ag[j] = g;
+        ao[j] = o;
+    }
+}
+
+/* One step forward. x_part: the input's product x_t W_ih^T, (rows, 4h) bf16; r_part: the
+ * recurrent product h_{t-1} W_hh^T, (rows, 4h) bf16; bias: b_ih + b_hh, (4h) float32;
+ * c_prev: (rows, h) float32. Writes c_next (rows, h) float32, the activations i, f, g, o
+ * (rows, 4h) float32 (kept for the backward step) and h_t (rows, h) bf16. */
+void lstm_forward_step(int rows, int hidden, const bf16 *x_part, const bf16 *r_part,
+                       const float *bias, const float *c_prev, float *c_next, float *acts,
+                       bf16 *h) {
+    const long h1 = hidden, h4 = 4L * hidden;
+    for (long b = 0; b < rows; b++) {
+        const bf16 *x = x_part + b * h4, *r = r_part + b * h4;
+        float *a = acts + b * h4;
+        forward_row(hidden, x, x + h1, x + 2 * h1, x + 3 * h1, r, r + h1, r + 2 * h1, r + 3 * h1,
+                    bias, bias + h1, bias + 2 * h1, bias + 3 * h1, c_prev + b * h1,
+                    c_next + b * h1, a, a + h1, a + 2 * h1, a + 3 * h1, h + b * h1);
+    }
+}
+
+static void backward_row(int hidden, const bf16 *restrict dh_next, const bf16 *restrict dh_out,
+                         float *restrict dc, const float *restrict ai,
+                         const float *restrict af, const float *restrict ag,
+                         const float *restrict ao, const float *restrict c_prev,
+                         const float *restrict c_now, bf16 *restrict gi, bf16 *restrict gf,
+                         bf16 *restrict gg, bf16 *restrict go, float *restrict si,
+                         float *restrict sf, float *restrict sg, float *restrict so) {
+    for (int j = 0; j < hidden; j++) {
+        float i = ai[j], f = af[j], g = ag[j], o = ao[j];
+        float dh = from_bf16(dh_next[j]) + from_bf16(dh_out[j]);
+        float tc = tanh_(c_now[j]);
+        float dct = dc[j] + dh * o * (1.0f - tc * tc);  /* d loss / d c_t, all paths */
+        float di = dct * g * i * (1.0f - i);
+        float df = dct * c_prev[j] * f * (1.0f - f);
+        float dg = dct * i * (1.0f - g * g);
+        float d_o = dh * tc * o * (1.0f - o);
+        gi[j] = to_bf16(di);
+        gf[j] = to_bf16(df);
+        gg[j] = to_bf16(dg);
+        go[j] = to_bf16(d_o);
+        si[j] += di;
+        sf[j] += df;
+        sg[j] += dg;
+        so[j] += d_o;
+        dc[j] = dct * f;
+    }
+}
+
+/* One step backward. dh_next: d loss / d h_t through step t + 1's recurrent product,
+ * (rows, h) bf16; grad_h: d loss / d h_t from the layer's output, bf16, rows grad_h_ld
+ * apart; dc: d loss / d c_t through step t + 1, (rows, h) float32, replaced by d loss /
+ * d c_{t-1}; acts: the step's activations; c_prev, c_now: c_{t-1}, c_t. Writes d loss /
+ * d the pre-activations, (rows, 4h) bf16, and adds them over the rows into grad_bias
+ * (4h) float32. */
+void lstm_backward_step(int rows, int hidden, const bf16 *dh_next, const bf16 *grad_h,
+                        long grad_h_ld, float *dc, const float *acts, const float *c_prev,
+                        const float *c_now, bf16 *grad_gates, float *grad_bias) {
+    const long h1 = hidden, h4 = 4L * hidden;
+    for (long b = 0; b < rows; b++) {
+        const float *a = acts + b * h4;
+        bf16 *g = grad_gates + b * h4;
+        float *s = grad_bias;
+        backward_row(hidden, dh_next + b * h1, grad_h + b * grad_h_ld, dc + b * h1, a, a + h1,
+                     a + 2 * h1, a + 3 * h1, c_prev + b * h1, c_now + b * h1, g, g + h1,
+                     g + 2 * h1, g + 3 * h1, s, s + h1, s + 2 * h1, s + 3 * h1);
+    }
+}

@@ -1,0 +1,169 @@
+import logging
+
+import pytest
+import torch
+
+from conftest import needs_bf16
+from seq2seq import bf16
+from seq2seq.config import config_from_dict
+from seq2seq.model import Seq2Seq, run_lstm
+from seq2seq.train import Trainer
+from test_model import CFG, SRC, TGT, batch
+
+needs_kernel = pytest.mark.skipif(bf16.kernel() is None,
+                                  reason="the gate kernel needs an x86-64 CPU with AVX-512 "
+                                         "and a C compiler")
+pytestmark = [needs_bf16, needs_kernel]
+
+BF16 = torch.bfloat16
+
+
+def lstm_and_input(layers=2, inputs=12, hidden=24, batch=5, steps=7, seed=0):
+    torch.manual_seed(seed)
+    lstm = torch.nn.LSTM(inputs, hidden, layers, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.uniform_(-0.5, 0.5)
+    return lstm, torch.randn(batch, steps, inputs)
+
+
+def everything(lstm, x, state, run):
+    """Outputs, last state and the gradients of x, the initial state and every parameter
+    of a loss that reads all three outputs."""
+    x = x.clone().requires_grad_()
+    state = tuple(s.clone().requires_grad_() for s in state)
+    lstm.zero_grad(set_to_none=True)
+    out, (h, c) = run(x, state)
+    loss = (out.double() * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum() \
+        + 0.5 * h.double().sum() - 0.3 * (c.double() ** 2).sum()
+    loss.backward()
+    return [out, h, c, x.grad, *(s.grad for s in state),
+            *(p.grad for p in lstm.parameters())]
+
+
+def relative_error(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
+
+
+def test_lstm_matches_float64_nn_lstm_in_outputs_and_every_gradient():
+    """The LSTM of bf16 training against `nn.LSTM` in float64 on the same weights: within
+    bf16's rounding in every output and gradient, and no further than oneDNN's own bf16."""
+    lstm, x = lstm_and_input()
+    state = (torch.randn(2, 5, 24) * 0.5, torch.randn(2, 5, 24) * 0.5)
+    exact = everything(lstm.double(), x.double(), tuple(s.double() for s in state),
+                       lambda x, s: lstm(x, s))
+    lstm.float()
+
+    def with_autocast(forward):
+        def run(x, s):
+            with torch.autocast("cpu", dtype=BF16):
+                return forward(x, s)
+        return run
+
+    ours = everything(lstm, x, state, with_autocast(lambda x, s: bf16.lstm_forward(lstm, x, s)))
+    onednn = everything(lstm, x, state, with_autocast(lambda x, s: lstm(x, s)))
+    names = ["out", "h", "c", "x", "h0", "c0"] + [n for n, _ in lstm.named_parameters()]
+    for name, a, b, e in zip(names, ours, onednn, exact):
+        assert a.shape == e.shape, name
+        assert relative_error(a, e) < 0.01, name
+        assert relative_error(a, e) < 2 * relative_error(b, e) + 1e-3, name
+
+
+def test_one_step_of_the_kernel_is_the_lstm_cell_in_float32():
+    """The forward kernel's gates, cell and h against PyTorch's float32 arithmetic on the
+    same bf16 products: the same up to float32 rounding (h: bf16's)."""
+    lstm, x = lstm_and_input(layers=1, steps=1, batch=3, hidden=40)
+    xb = x.transpose(0, 1).to(BF16).contiguous()
+    w_ih, w_hh = lstm.weight_ih_l0.detach().to(BF16), lstm.weight_hh_l0.detach().to(BF16)
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach()
+    h0, c0 = torch.randn(3, 40).to(BF16), torch.randn(3, 40)
+    with torch.no_grad():
+        out, h, c = bf16._Layer.apply(xb, h0, c0, w_ih, w_hh, bias)
+    pre = (xb[0] @ w_ih.t()).float() + (h0 @ w_hh.t()).float() + bias
+    i, f, g, o = pre.chunk(4, 1)
+    cell = i.sigmoid() * g.tanh() + f.sigmoid() * c0
+    torch.testing.assert_close(c, cell, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h.float(), (o.sigmoid() * cell.tanh()).to(BF16).float(),
+                               rtol=8e-3, atol=1e-6)
+    assert torch.equal(out[0], h)
+
+
+def test_dropout_between_layers_as_nn_lstm():
+    lstm, x = lstm_and_input(layers=3)
+    lstm.dropout = 0.5
+    with torch.autocast("cpu", dtype=BF16):
+        lstm.eval()  # no dropout: the same as without it
+        evaluated = bf16.lstm_forward(lstm, x)[0]
+        lstm.dropout = 0.0
+        assert torch.equal(bf16.lstm_forward(lstm, x)[0], evaluated)
+        lstm.dropout = 0.5
+        lstm.train()
+        dropped = [bf16.lstm_forward(lstm, x)[0] for _ in range(2)]
+    assert not torch.equal(dropped[0], evaluated) and not torch.equal(*dropped)
+
+
+def test_applies_to_bf16_training_on_the_cpu_only():
+    lstm, x = lstm_and_input()
+    assert not bf16.applies(lstm, x)  # no autocast: fp32
+    with torch.autocast("cpu", dtype=BF16):
+        assert bf16.applies(lstm, x)
+        with torch.no_grad():  # decoding, validation
+            assert not bf16.applies(lstm, x)
+        lstm.requires_grad_(False)
+        assert not bf16.applies(lstm, x)
+        lstm.requires_grad_(True)
+        assert not bf16.applies(torch.nn.LSTM(12, 24, batch_first=True, bidirectional=True), x)
+        assert not bf16.applies(torch.nn.LSTM(12, 24, batch_first=False), x)
+
+
+def test_model_loss_and_gradients_with_and_without_the_kernel():
+    """The model's bf16 training loss and gradients through `seq2seq.bf16` (sources of
+    several lengths: the encoder's segments, each from the last one's state) against
+    nn.LSTM's: equal up to bf16's rounding."""
+    torch.manual_seed(0)
+    m = Seq2Seq(50, 40, CFG).train()
+    b = batch(SRC, TGT)
+    grads = {}
+    for kernel in (True, False):
+        m.use_gate_kernel(kernel)
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=BF16):
+            loss, _ = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+        loss.backward()
+        grads[kernel] = [loss.detach()] + [p.grad for p in m.parameters()]
+    for name, a, e in zip(["loss"] + [n for n, _ in m.named_parameters()], *grads.values()):
+        assert relative_error(a, e) < 0.02, name
+
+
+def test_trainer_runs_the_lstm_the_config_names(data_dir, tmp_path, monkeypatch):
+    from conftest import tiny_config
+
+    calls = []
+    forward = bf16.lstm_forward
+    monkeypatch.setattr(bf16, "lstm_forward",
+                        lambda *args: calls.append(1) or forward(*args))
+    for kernel in (True, False):
+        calls.clear()
+        cfg = tiny_config(optim={"max_steps": 2}, train={"valid_every": 2, "precision": "bf16",
+                                                         "gate_kernel": kernel})
+        Trainer(config_from_dict(cfg), data_dir, tmp_path / str(kernel)).train()
+        assert bool(calls) == kernel
+
+
+def test_without_a_compiler_training_runs_nn_lstm(monkeypatch, caplog):
+    lstm, x = lstm_and_input()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    bf16.kernel.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="seq2seq.bf16"):
+            assert bf16.kernel() is None
+        assert "could not build" in caplog.text
+        with torch.autocast("cpu", dtype=BF16):
+            assert not bf16.applies(lstm, x)
+            out, _ = run_lstm(lstm, x)  # nn.LSTM's
+        assert out.shape == (5, 7, 24)
+    finally:
+        monkeypatch.delenv("CC")
+        bf16.kernel.cache_clear()
+    assert bf16.kernel() is not None
