@@ -6,7 +6,7 @@ import torch
 from conftest import needs_bf16
 from seq2seq import bf16
 from seq2seq.config import config_from_dict
-from seq2seq.model import Seq2Seq, run_lstm
+from seq2seq.model import Seq2Seq, run_lstm, softmax_gradient
 from seq2seq.train import Trainer
 from test_model import CFG, SRC, TGT, batch
 
@@ -105,35 +105,68 @@ def test_dropout_between_layers_as_nn_lstm():
 
 def test_applies_to_bf16_training_on_the_cpu_only():
     lstm, x = lstm_and_input()
-    assert not bf16.applies(lstm, x)  # no autocast: fp32
+    assert not bf16.lstm_applies(lstm, x)  # no autocast: fp32
     with torch.autocast("cpu", dtype=BF16):
-        assert bf16.applies(lstm, x)
+        assert bf16.lstm_applies(lstm, x)
         with torch.no_grad():  # decoding, validation
-            assert not bf16.applies(lstm, x)
+            assert not bf16.lstm_applies(lstm, x)
         lstm.requires_grad_(False)
-        assert not bf16.applies(lstm, x)
+        assert not bf16.lstm_applies(lstm, x)
         lstm.requires_grad_(True)
-        assert not bf16.applies(torch.nn.LSTM(12, 24, batch_first=True, bidirectional=True), x)
-        assert not bf16.applies(torch.nn.LSTM(12, 24, batch_first=False), x)
+        assert not bf16.lstm_applies(torch.nn.LSTM(12, 24, batch_first=True, bidirectional=True), x)
+        assert not bf16.lstm_applies(torch.nn.LSTM(12, 24, batch_first=False), x)
 
 
-def test_model_loss_and_gradients_with_and_without_the_kernel():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_model_loss_and_gradients_with_and_without_the_kernels(smoothing):
     """The model's bf16 training loss and gradients through `seq2seq.bf16` (sources of
     several lengths: the encoder's segments, each from the last one's state) against
-    nn.LSTM's: equal up to bf16's rounding."""
+    PyTorch's: equal up to bf16's rounding."""
     torch.manual_seed(0)
     m = Seq2Seq(50, 40, CFG).train()
     b = batch(SRC, TGT)
     grads = {}
     for kernel in (True, False):
-        m.use_gate_kernel(kernel)
+        m.use_bf16_kernels(kernel)
         m.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=BF16):
-            loss, _ = m(b.src, b.src_lens, b.tgt_in, b.tgt_out)
+            loss, _ = m(b.src, b.src_lens, b.tgt_in, b.tgt_out, label_smoothing=smoothing)
         loss.backward()
         grads[kernel] = [loss.detach()] + [p.grad for p in m.parameters()]
     for name, a, e in zip(["loss"] + [n for n, _ in m.named_parameters()], *grads.values()):
         assert relative_error(a, e) < 0.02, name
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.9])
+def test_softmax_gradient_kernel_equals_pytorch_s(keep):
+    """The loss's softmax gradient in one pass a row against `model.softmax_gradient`
+    (PyTorch's float32 log-softmax) on the same bf16 logits: a vocabulary of no whole
+    number of vectors, logits far from 0 (the row's maximum must be taken out first)."""
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 1003) * 30 + torch.linspace(-200, 200, 7)[:, None]).to(BF16)
+    targets = torch.randint(0, 1003, (7,))
+    targets[0] = logits[0].float().argmax()
+    grads, biases, logps = [], [], []
+    for fn in (bf16.softmax_gradient, softmax_gradient):
+        g, bias = logits.clone(), torch.full((1003,), 0.5)
+        logps.append(fn(g, targets, keep, bias))
+        grads.append(g)
+        biases.append(bias)
+    torch.testing.assert_close(logps[0], logps[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grads[0].float(), grads[1].float(), rtol=8e-3, atol=1e-6)
+    torch.testing.assert_close(biases[0], biases[1], rtol=1e-5, atol=1e-6)
+    for row in range(7):  # p - keep at the target
+        assert float(grads[0][row, targets[row]]) == pytest.approx(
+            float(logps[0][row].exp()) - keep, abs=4e-3)
+
+
+def test_softmax_gradient_kernel_keeps_a_nan_row_nan():
+    logits = torch.zeros(3, 40, dtype=BF16)
+    logits[1, 5] = float("nan")
+    logp = bf16.softmax_gradient(logits, torch.tensor([0, 1, 2]), 1.0, torch.zeros(40))
+    assert logp[1].isnan() and logp[[0, 2]].isfinite().all()
+    with pytest.raises(ValueError, match="bf16 logits"):
+        bf16.softmax_gradient(logits.float(), torch.tensor([0, 1, 2]), 1.0, torch.zeros(40))
 
 
 def test_trainer_runs_the_lstm_the_config_names(data_dir, tmp_path, monkeypatch):
@@ -146,7 +179,7 @@ def test_trainer_runs_the_lstm_the_config_names(data_dir, tmp_path, monkeypatch)
     for kernel in (True, False):
         calls.clear()
         cfg = tiny_config(optim={"max_steps": 2}, train={"valid_every": 2, "precision": "bf16",
-                                                         "gate_kernel": kernel})
+                                                         "bf16_kernels": kernel})
         Trainer(config_from_dict(cfg), data_dir, tmp_path / str(kernel)).train()
         assert bool(calls) == kernel
 
@@ -160,7 +193,7 @@ def test_without_a_compiler_training_runs_nn_lstm(monkeypatch, caplog):
             assert bf16.kernel() is None
         assert "could not build" in caplog.text
         with torch.autocast("cpu", dtype=BF16):
-            assert not bf16.applies(lstm, x)
+            assert not bf16.lstm_applies(lstm, x)
             out, _ = run_lstm(lstm, x)  # nn.LSTM's
         assert out.shape == (5, 7, 24)
     finally:

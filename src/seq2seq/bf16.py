@@ -1,21 +1,27 @@
-"""The LSTM of bf16 training on the CPU: PyTorch's bf16 products, our gate kernel between.
+"""bf16 training on the CPU: PyTorch's bf16 products, our kernels between them.
 
-`nn.LSTM` under bf16 autocast runs oneDNN's fused LSTM, whose backward takes ~2.4x its
-forward's time for twice its FLOPs (bench/RESULTS.md, "Where the bf16 step goes"). This
-LSTM runs each layer of an `nn.LSTM`, with its parameters, as
+Two parts of the bf16 training step run in seq2seq's own C kernels
+(`csrc/bf16_kernels.c`), the products around them staying `torch.mm` in bf16 (oneDNN's
+GEMMs):
 
-- forward: the input's product for all time steps at once (one GEMM), then per step the
-  recurrent product h_{t-1} W_hh^T and one pass of gate arithmetic (`csrc/lstm_gates.c`:
-  bias, sigmoids, tanh, the new cell and h; the activations are kept for backward);
-- backward, steps in reverse: one pass of gate gradients, then the recurrent product
-  d gates_t W_hh; then the gradients of the weights and of the input as single GEMMs over
-  all steps.
+- The LSTMs (`lstm_forward`). `nn.LSTM` under bf16 autocast runs oneDNN's fused LSTM,
+  whose backward takes ~2.4x its forward's time for twice its FLOPs (bench/RESULTS.md,
+  "Where the bf16 step goes"). Here each layer of an `nn.LSTM`, with its parameters, runs
+  forward as the input's product for all time steps at once, then per step the recurrent
+  product h_{t-1} W_hh^T and one pass of gate arithmetic (bias, sigmoids, tanh, the new
+  cell and h; the activations are kept); backward, steps in reverse, as one pass of gate
+  gradients and the recurrent product d gates_t W_hh per step, then the gradients of the
+  weights and of the input as single products over all steps. Cells, gate values and the
+  bias's gradient are float32.
+- The output layer's softmax gradient (`softmax_gradient`): per row of bf16 logits, the
+  target's log-probability, softmax - onehot written back over the logits in one pass
+  (three in PyTorch: a float32 log-softmax, its exp, the copy back), and the bias's
+  gradient. The training loss (`seq2seq.model.chunked_loss`) calls it.
 
-The products are `torch.mm` in bf16 (oneDNN's GEMMs); cells, gate values and the bias's
-gradient are float32. Results equal `nn.LSTM`'s under autocast up to bf16 rounding
-(tests/test_bf16.py). The model's LSTMs take this path when training in bf16 on a CPU with
-AVX-512 (`applies`). The kernel is compiled once per process by the system C compiler
-(~0.3 s); where there is none, training runs `nn.LSTM` and says so once.
+Results equal PyTorch's under autocast up to bf16 rounding (tests/test_bf16.py). Both run
+when training in bf16 on a CPU with AVX-512 (`applies`), unless `train.bf16_kernels` is
+off. The kernels are compiled once per process by the system C compiler (~0.3 s); where
+there is none, training runs PyTorch's code instead and says so once.
 """
 
 from __future__ import annotations
@@ -37,27 +43,27 @@ from torch.nn import functional as F
 log = logging.getLogger(__name__)
 
 BF16 = torch.bfloat16
-SOURCE = Path(__file__).with_name("csrc") / "lstm_gates.c"
+SOURCE = Path(__file__).with_name("csrc") / "bf16_kernels.c"
 CFLAGS = ["-O3", "-march=x86-64-v4", "-mprefer-vector-width=512", "-fno-math-errno",
-          "-fno-trapping-math", "-shared", "-fPIC"]
+          "-fno-trapping-math", "-shared", "-fPIC", "-lm"]
 
 
 @functools.cache
 def kernel() -> ctypes.CDLL | None:
-    """The compiled gate kernel, or None (logged once) where it cannot run: not an x86-64
-    CPU with AVX-512, no C compiler, or the compiler failed."""
+    """The compiled kernels, or None (logged once) where they cannot run: not an x86-64 CPU
+    with AVX-512, no C compiler, or the compiler failed."""
     if platform.machine() not in ("x86_64", "AMD64") or \
             torch.backends.cpu.get_cpu_capability() != "AVX512":
-        log.info("bf16 LSTM: PyTorch's nn.LSTM (the gate kernel needs an x86-64 CPU with "
-                 "AVX-512)")
+        log.info("bf16 training: PyTorch's code only (seq2seq's kernels need an x86-64 CPU "
+                 "with AVX-512)")
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("bf16 LSTM: no C compiler (cc, gcc or $CC) to build seq2seq's gate "
-                    "kernel; training runs PyTorch's nn.LSTM instead (slower)")
+        log.warning("bf16 training: no C compiler (cc, gcc or $CC) to build seq2seq's "
+                    "kernels; training runs PyTorch's code instead (slower)")
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        library = Path(tmp) / "lstm_gates.so"
+        library = Path(tmp) / "bf16_kernels.so"
         try:
             proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(library)],
                                   capture_output=True, text=True)
@@ -65,8 +71,8 @@ def kernel() -> ctypes.CDLL | None:
         except OSError as e:
             error = str(e)
         if error is not None:
-            log.warning(f"bf16 LSTM: {compiler} could not build {SOURCE} ({error}); "
-                        "training runs PyTorch's nn.LSTM instead (slower)")
+            log.warning(f"bf16 training: {compiler} could not build {SOURCE} ({error}); "
+                        "training runs PyTorch's code instead (slower)")
             return None
         lib = ctypes.CDLL(str(library))  # mapped: the file can go
     i, n, p = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
@@ -74,17 +80,24 @@ def kernel() -> ctypes.CDLL | None:
     lib.lstm_forward_step.restype = None
     lib.lstm_backward_step.argtypes = [i, i, p, p, n, p, p, p, p, p, p]
     lib.lstm_backward_step.restype = None
+    lib.softmax_grad_rows.argtypes = [i, i, p, n, p, ctypes.c_float, p, p, p]
+    lib.softmax_grad_rows.restype = None
     return lib
 
 
-def applies(lstm: nn.LSTM, x: torch.Tensor) -> bool:
-    """Whether `lstm`'s call on `x` runs here: training (gradients on) under the CPU's bf16
-    autocast, a plain unidirectional batch-first LSTM, and the kernel at hand."""
+def applies(x: torch.Tensor) -> bool:
+    """Whether a computation on `x` may run here: training (gradients on) under the CPU's
+    bf16 autocast, the kernels at hand."""
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == BF16 and torch.is_grad_enabled()
-            and lstm.weight_hh_l0.requires_grad and lstm.batch_first
-            and not lstm.bidirectional and lstm.proj_size == 0 and lstm.bias
             and kernel() is not None)
+
+
+def lstm_applies(lstm: nn.LSTM, x: torch.Tensor) -> bool:
+    """Whether `lstm`'s call on `x` runs here (`applies`): a plain unidirectional
+    batch-first LSTM being trained."""
+    return (lstm.batch_first and not lstm.bidirectional and lstm.proj_size == 0 and lstm.bias
+            and lstm.weight_hh_l0.requires_grad and applies(x))
 
 
 def lstm_forward(lstm: nn.LSTM, x: torch.Tensor,
@@ -176,3 +189,23 @@ class _Layer(torch.autograd.Function):
         grad_w_hh = torch.mm(gates.t(), h_all[:steps].view(steps * batch, hidden))
         return (grad_x, dh.to(ctx.state_dtypes[0]), dc.to(ctx.state_dtypes[1]), grad_w_ih,
                 grad_w_hh, grad_bias)
+
+
+def softmax_gradient(logits: torch.Tensor, targets: torch.Tensor, keep: float,
+                     grad_bias: torch.Tensor) -> torch.Tensor:
+    """In place: logits (rows, vocab) bf16 -> d loss / d logits = softmax - keep x
+    onehot(targets) (keep = 1 - label smoothing's eps), in bf16; that gradient summed over
+    the rows is added to grad_bias (vocab) float32. Returns the targets' log-probabilities
+    (rows) float32."""
+    rows, vocab = logits.shape
+    if logits.dtype != BF16 or logits.stride(1) != 1 or grad_bias.dtype != torch.float32:
+        raise ValueError("softmax_gradient takes bf16 logits with contiguous rows and a "
+                         f"float32 grad_bias, got {logits.dtype} {logits.stride()} and "
+                         f"{grad_bias.dtype}")
+    targets = targets.to(torch.int64).contiguous()
+    target_logp = torch.empty(rows)
+    scratch = torch.empty(vocab)
+    kernel().softmax_grad_rows(rows, vocab, logits.data_ptr(), logits.stride(0),
+                               targets.data_ptr(), keep, target_logp.data_ptr(),
+                               grad_bias.data_ptr(), scratch.data_ptr())
+    return target_logp

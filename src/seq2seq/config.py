@@ -142,10 +142,11 @@ class TrainConfig:
     threads: int | None = field(default=None, metadata=at_least(1))
     # target positions per chunk of the output softmax
     loss_chunk: int = field(default=4096, metadata=at_least(1))
-    # bf16 training on a CPU with AVX-512: the LSTMs run PyTorch's bf16 products with
-    # seq2seq's own gate kernel between them (seq2seq.bf16; faster than oneDNN's fused
-    # LSTM: bench/RESULTS.md); false: PyTorch's nn.LSTM. Elsewhere it changes nothing
-    gate_kernel: bool = True
+    # bf16 training on a CPU with AVX-512: seq2seq's own kernels between PyTorch's bf16
+    # products, for the LSTMs' gate arithmetic and the output softmax's gradient
+    # (seq2seq.bf16; faster than oneDNN's fused LSTM: bench/RESULTS.md); false: PyTorch's
+    # code (nn.LSTM). Elsewhere it changes nothing
+    bf16_kernels: bool = True
     # updates between returns of freed CPU memory to the OS (glibc's malloc_trim); 0 =
     # never: about as fast, ~100 MB more (seq2seq.device.release_free_memory)
     trim_every: int = field(default=100, metadata=at_least(0))

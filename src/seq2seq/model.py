@@ -23,10 +23,10 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hi
 
 
 def run_lstm(lstm: nn.LSTM, x: torch.Tensor, state: State | None = None,
-             gate_kernel: bool = True) -> tuple[torch.Tensor, State]:
+             bf16_kernels: bool = True) -> tuple[torch.Tensor, State]:
     """`lstm(x, state)`; in bf16 training on the CPU, by `seq2seq.bf16`'s LSTM unless
-    `gate_kernel` is off (`Seq2Seq.use_gate_kernel`)."""
-    if gate_kernel and bf16.applies(lstm, x):
+    `bf16_kernels` is off (`Seq2Seq.use_bf16_kernels`)."""
+    if bf16_kernels and bf16.lstm_applies(lstm, x):
         return bf16.lstm_forward(lstm, x, state)
     return lstm(x, state)
 
@@ -38,7 +38,7 @@ class Encoder(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers,
                             batch_first=True, dropout=cfg.dropout)
-        self.gate_kernel = True
+        self.bf16_kernels = True
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         """src (batch, src_len), src_lens (batch,) -> final (h, c) at each true length.
@@ -53,7 +53,7 @@ class Encoder(nn.Module):
         x = self.dropout(self.embed(src))
         lens = src_lens.cpu()
         if bool((lens == src.shape[1]).all()):
-            _, state = run_lstm(self.lstm, x, gate_kernel=self.gate_kernel)
+            _, state = run_lstm(self.lstm, x, bf16_kernels=self.bf16_kernels)
             return state
         order = torch.argsort(lens, descending=True, stable=True)
         x, lens = x[order.to(x.device)], lens[order]
@@ -63,7 +63,7 @@ class Encoder(nn.Module):
             going = int((lens >= end).sum())  # a prefix of the rows: they are sorted
             if state is not None:  # cuDNN needs contiguous states
                 state = (state[0][:, :going].contiguous(), state[1][:, :going].contiguous())
-            _, state = run_lstm(self.lstm, x[:going, start:end], state, self.gate_kernel)
+            _, state = run_lstm(self.lstm, x[:going, start:end], state, self.bf16_kernels)
             longer = int((lens > end).sum())
             finals.append((state[0][:, longer:going], state[1][:, longer:going]))
             start = end
@@ -81,12 +81,12 @@ class Decoder(nn.Module):
         self.lstm = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers,
                             batch_first=True, dropout=cfg.dropout)
         self.output = nn.Linear(cfg.hidden_size, vocab_size)
-        self.gate_kernel = True
+        self.bf16_kernels = True
 
     def forward(self, tgt_in: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """tgt_in (batch, tgt_len) -> top-layer outputs (batch, tgt_len, hidden), new state."""
         out, state = run_lstm(self.lstm, self.dropout(self.embed(tgt_in)), state,
-                              self.gate_kernel)
+                              self.bf16_kernels)
         return self.dropout(out), state
 
 
@@ -102,13 +102,14 @@ class Seq2Seq(nn.Module):
         self.source_order = source_order or SourceOrder(cfg.reverse_source)
         self.encoder = Encoder(src_vocab_size, cfg)
         self.decoder = Decoder(tgt_vocab_size, cfg)
+        self.bf16_kernels = True
         for p in self.parameters():
             nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
 
-    def use_gate_kernel(self, enabled: bool) -> None:
-        """Whether bf16 training on the CPU runs the LSTMs by `seq2seq.bf16` (the default)
-        or by `nn.LSTM` (`train.gate_kernel`)."""
-        self.encoder.gate_kernel = self.decoder.gate_kernel = enabled
+    def use_bf16_kernels(self, enabled: bool) -> None:
+        """Whether bf16 training on the CPU runs the LSTMs and the loss's softmax gradient
+        by `seq2seq.bf16`'s kernels (the default) or by PyTorch (`train.bf16_kernels`)."""
+        self.bf16_kernels = self.encoder.bf16_kernels = self.decoder.bf16_kernels = enabled
 
     def encode(self, src: torch.Tensor, src_lens: torch.Tensor) -> State:
         return self.encoder(src, src_lens)
@@ -143,7 +144,7 @@ class Seq2Seq(nn.Module):
         mask = tgt_out != PAD_ID
         out = self.decoder.output
         return chunked_loss(hidden[mask], out.weight, out.bias, tgt_out[mask], chunk,
-                            label_smoothing)
+                            label_smoothing, self.bf16_kernels)
 
     def token_nll(
         self, src: torch.Tensor, src_lens: torch.Tensor, tgt_in: torch.Tensor,
@@ -190,7 +191,7 @@ def parameter_shapes(src_vocab_size: int, tgt_vocab_size: int, cfg: ModelConfig
 
 def chunked_loss(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
-    chunk: int, label_smoothing: float = 0.0,
+    chunk: int, label_smoothing: float = 0.0, bf16_kernels: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, NLL) of the output layer, log-softmax and targets, `chunk` rows at a time.
 
@@ -201,10 +202,14 @@ def chunked_loss(
         loss = sum_i (1 - eps) x -log p_i[targets_i] + eps x mean_v -log p_i[v]
 
     Only one (chunk, vocab) block of logits exists at a time, in training as well: the
-    gradients are computed chunk by chunk during the forward pass (`_ChunkedLoss`).
+    gradients are computed chunk by chunk during the forward pass (`_ChunkedLoss`). In bf16
+    training on the CPU the softmax gradient is `seq2seq.bf16`'s kernel unless
+    `bf16_kernels` is off.
     """
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _ChunkedLoss.apply(hidden, weight, bias, targets, chunk, label_smoothing)
+        kernel = bf16_kernels and bf16.applies(hidden)
+        return _ChunkedLoss.apply(hidden, weight, bias, targets, chunk, label_smoothing,
+                                  kernel)
     nll = smooth = torch.zeros((), dtype=torch.float32, device=hidden.device)
     for s in range(0, len(hidden), chunk):
         logits = torch.addmm(bias, hidden[s:s + chunk], weight.t()).float()
@@ -237,7 +242,7 @@ class _ChunkedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, eps):
+    def forward(ctx, hidden, weight, bias, targets, chunk, eps, kernel):
         # One cast of the output layer per step (to bf16 under autocast, else a no-op).
         w, b = weight.to(hidden.dtype), bias.to(hidden.dtype)
         nll = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -247,36 +252,20 @@ class _ChunkedLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = None
         grad_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=hidden.device)
-        rows_per_block = max(1, SOFTMAX_BLOCK_FLOATS // w.shape[0])
         for s in range(0, len(hidden), chunk):
             h, t = hidden[s:s + chunk], targets[s:s + chunk]
-            # The chunk's logits in one product, in its dtype; then a cache-sized block of
-            # rows at a time, each block's float32 softmax is made, read and turned into
-            # d loss / d logits, which overwrites the block's logits.
+            # The chunk's logits in one product, in its dtype, then overwritten by d loss /
+            # d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The constant
+            # eps / vocab is not subtracted there (a pass over the whole chunk) but from the
+            # three products below, where it is a rank-one term.
             g = torch.addmm(b, h, w.t())
-            for r in range(0, len(t), rows_per_block):
-                hb, tb = h[r:r + rows_per_block], t[r:r + rows_per_block]
-                rows = torch.arange(len(tb), device=tb.device)
-                # float32 log-softmax straight from the logits' dtype (as `log_probs`),
-                # then exp_ turns it into the softmax in place.
-                probs = torch.log_softmax(g[r:r + rows_per_block], 1, dtype=torch.float32)
-                target_logp = probs[rows, tb]
-                nll -= target_logp.sum()
-                if eps:
-                    # -mean_v log p_v = logsumexp - mean logit, both from O(rows x hidden)
-                    # work (elementwise, so autocast leaves them in float32), not another
-                    # pass over the block: logsumexp = target logit - log p(target).
-                    hf = hb.float()
-                    target_logit = (hf * weight[tb].float()).sum(1) + bias[tb].float()
-                    mean_logit = ((hf * w_sum).sum(1) + b_sum) / probs.shape[1]
-                    smooth += (target_logit - target_logp - mean_logit).sum()
-                probs.exp_()
-                # d loss / d logits = softmax - q, q = (1 - eps) onehot + eps / vocab. The
-                # constant eps / vocab is not subtracted here (a pass over the whole block)
-                # but from the three products below, where it is a rank-one term.
-                probs[rows, tb] -= 1.0 - eps
-                grad_bias += probs.sum(0)
-                g[r:r + rows_per_block] = probs
+            if kernel and g.dtype == torch.bfloat16:
+                target_logp = bf16.softmax_gradient(g, t, 1.0 - eps, grad_bias)
+            else:
+                target_logp = softmax_gradient(g, t, 1.0 - eps, grad_bias)
+            nll -= target_logp.sum()
+            if eps:
+                smooth += _smoothing(h, t, target_logp, weight, bias, w_sum, b_sum)
             gh = grad_hidden[s:s + chunk]
             torch.mm(g, w, out=gh)
             gw = g.t() @ h
@@ -304,7 +293,42 @@ class _ChunkedLoss(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         return (grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)),
                 grad_weight.mul_(grad_loss).to(ctx.dtypes[0]),
-                grad_bias.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
+                grad_bias.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None, None)
+
+
+def softmax_gradient(logits: torch.Tensor, targets: torch.Tensor, keep: float,
+                     grad_bias: torch.Tensor) -> torch.Tensor:
+    """In place: logits (rows, vocab) -> d loss / d logits = softmax - keep x
+    onehot(targets) (keep = 1 - label smoothing's eps), in their dtype; that gradient summed
+    over the rows is added to grad_bias (vocab) float32. Returns the targets'
+    log-probabilities (rows) float32. A cache-sized block of rows at a time: its float32
+    log-softmax straight from the logits' dtype (as `log_probs`), exp_ in place, then the
+    copy back over the logits. (`seq2seq.bf16.softmax_gradient` does the same in one pass.)
+    """
+    rows_per_block = max(1, SOFTMAX_BLOCK_FLOATS // logits.shape[1])
+    target_logp = torch.empty(len(targets), dtype=torch.float32, device=logits.device)
+    for r in range(0, len(targets), rows_per_block):
+        block, tb = logits[r:r + rows_per_block], targets[r:r + rows_per_block]
+        rows = torch.arange(len(tb), device=tb.device)
+        probs = torch.log_softmax(block, 1, dtype=torch.float32)
+        target_logp[r:r + rows_per_block] = probs[rows, tb]
+        probs.exp_()
+        probs[rows, tb] -= keep
+        grad_bias += probs.sum(0)
+        block.copy_(probs)
+    return target_logp
+
+
+def _smoothing(hidden: torch.Tensor, targets: torch.Tensor, target_logp: torch.Tensor,
+               weight: torch.Tensor, bias: torch.Tensor, w_sum: torch.Tensor,
+               b_sum: torch.Tensor) -> torch.Tensor:
+    """sum over rows of -mean_v log p_v = logsumexp - mean logit, both from O(rows x hidden)
+    work (elementwise, so autocast leaves them in float32), not another pass over the
+    logits: logsumexp = target logit - log p(target)."""
+    h = hidden.float()
+    target_logit = (h * weight[targets].float()).sum(1) + bias[targets].float()
+    mean_logit = ((h * w_sum).sum(1) + b_sum) / len(weight)
+    return (target_logit - target_logp - mean_logit).sum()
 
 
 def count_parameters(model: nn.Module | dict[str, tuple[int, ...]]) -> dict[str, int]:

@@ -109,7 +109,7 @@ class Trainer:
         self.model = Seq2Seq(len(self.data.src_vocab), len(self.data.tgt_vocab), cfg.model,
                              self.data.source_order(cfg.model.reverse_source))
         self.model.to(self.device)
-        self.model.use_gate_kernel(cfg.train.gate_kernel)
+        self.model.use_bf16_kernels(cfg.train.bf16_kernels)
         self.ddp_model: torch.nn.Module = self.model
         if self.world > 1:
             # Same initial weights on every rank, but each rank its own dropout masks.

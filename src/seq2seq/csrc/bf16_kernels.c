@@ -139,3 +139,62 @@ void lstm_backward_step(int rows, int hidden, const bf16 *dh_next, const bf16 *g
                      g + 2 * h1, g + 3 * h1, s, s + h1, s + 2 * h1, s + 3 * h1);
     }
 }
+
+/* The output layer's softmax and its gradient. Reductions are written so that the
+ * compiler vectorizes them without reassociating float sums (no -ffast-math): the maximum
+ * over integer keys, the sum in LANES partial sums. */
+#define LANES 16
+
+/* A bf16's bits as an integer of the same order (for non-NaN values), and back: negative
+ * values' magnitude bits flipped. */
+static inline int32_t order_key(int32_t bits16) { return bits16 ^ ((bits16 >> 31) & 0x7FFF); }
+
+static float row_max(int n, const bf16 *restrict x) {
+    int32_t best = -32768;
+    for (int j = 0; j < n; j++) {
+        int32_t k = order_key((int16_t)x[j]);
+        best = k > best ? k : best;
+    }
+    return from_bf16((bf16)order_key(best));
+}
+
+/* e = exp(x - m); returns sum(e). */
+static float row_exp(int n, const bf16 *restrict x, float m, float *restrict e) {
+    for (int j = 0; j < n; j++) e[j] = exp_approx(from_bf16(x[j]) - m);
+    float lane[LANES] = {0};  /* one vector of partial sums */
+    int j = 0;
+    for (; j + LANES <= n; j += LANES)
+        for (int k = 0; k < LANES; k++) lane[k] += e[j + k];
+    float sum = 0.0f;
+    for (; j < n; j++) sum += e[j];
+    for (int k = 0; k < LANES; k++) sum += lane[k];
+    return sum;
+}
+
+/* x = bf16(e / sum), the gradient's row; its float32 values added into grad_bias. */
+static void row_softmax_out(int n, const float *restrict e, float inv_sum, bf16 *restrict x,
+                            float *restrict grad_bias) {
+    for (int j = 0; j < n; j++) {
+        float p = e[j] * inv_sum;
+        x[j] = to_bf16(p);
+        grad_bias[j] += p;
+    }
+}
+
+/* d loss / d logits of the output layer's softmax, a row at a time, in place. logits:
+ * (rows, vocab) bf16, rows `ld` apart; targets (rows). For each row: the target's
+ * log-probability into target_logp (rows) float32; the row replaced by softmax - keep x
+ * onehot(target) in bf16 (keep = 1 - label smoothing's eps); that gradient, in float32,
+ * added into grad_bias (vocab). scratch: (vocab) float32. */
+void softmax_grad_rows(int rows, int vocab, bf16 *logits, long ld, const int64_t *targets,
+                       float keep, float *target_logp, float *grad_bias, float *scratch) {
+    for (long r = 0; r < rows; r++) {
+        bf16 *x = logits + r * ld;
+        int64_t t = targets[r];
+        float m = row_max(vocab, x);
+        float sum = row_exp(vocab, x, m, scratch);
+        target_logp[r] = from_bf16(x[t]) - m - __builtin_logf(sum);
+        scratch[t] -= keep * sum;  /* p_t - keep, once divided by sum */
+        row_softmax_out(vocab, scratch, 1.0f / sum, x, grad_bias);
+    }
+}
