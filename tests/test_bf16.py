@@ -6,7 +6,7 @@ import torch
 from conftest import needs_bf16
 from seq2seq import bf16
 from seq2seq.config import config_from_dict
-from seq2seq.model import Seq2Seq, run_lstm, softmax_gradient
+from seq2seq.model import Seq2Seq, chunked_loss, run_lstm, softmax_gradient
 from seq2seq.train import Trainer
 from test_model import CFG, SRC, TGT, batch
 
@@ -167,6 +167,27 @@ def test_softmax_gradient_kernel_keeps_a_nan_row_nan():
     assert logp[1].isnan() and logp[[0, 2]].isfinite().all()
     with pytest.raises(ValueError, match="bf16 logits"):
         bf16.softmax_gradient(logits.float(), torch.tensor([0, 1, 2]), 1.0, torch.zeros(40))
+
+
+def test_bf16_loss_gradients_the_same_in_one_chunk_or_several():
+    """The output layer's weight gradient is scaled from bf16 in one pass when the loss
+    is one chunk, summed in float32 over several: the same gradients either way."""
+    torch.manual_seed(0)
+    hidden = torch.randn(13, 24).to(BF16).requires_grad_()
+    weight = torch.randn(40, 24, requires_grad=True)
+    bias = torch.randn(40, requires_grad=True)
+    targets = torch.randint(0, 40, (13,))
+    grads = []
+    for chunk in (4096, 4):
+        for t in (hidden, weight, bias):
+            t.grad = None
+        with torch.autocast("cpu", dtype=BF16):
+            loss, _ = chunked_loss(hidden, weight, bias, targets, chunk)
+        (loss * 0.37).backward()
+        grads.append([hidden.grad, weight.grad, bias.grad])
+    for one, several in zip(*grads):
+        assert one.dtype == several.dtype
+        assert relative_error(one, several) < 0.01
 
 
 def test_trainer_runs_the_lstm_the_config_names(data_dir, tmp_path, monkeypatch):
