@@ -6,6 +6,7 @@ import torch
 from conftest import needs_bf16
 from seq2seq import bf16
 from seq2seq.config import config_from_dict
+from seq2seq.int8 import Int8LSTM
 from seq2seq.model import Seq2Seq, chunked_loss, run_lstm, softmax_gradient
 from seq2seq.train import Trainer
 from test_model import CFG, SRC, TGT, batch
@@ -115,6 +116,8 @@ def test_applies_to_bf16_training_on_the_cpu_only():
         lstm.requires_grad_(True)
         assert not bf16.lstm_applies(torch.nn.LSTM(12, 24, batch_first=True, bidirectional=True), x)
         assert not bf16.lstm_applies(torch.nn.LSTM(12, 24, batch_first=False), x)
+        int8 = Int8LSTM(torch.nn.LSTM(12, 24, batch_first=True))  # decoding's, no weights
+        assert not bf16.lstm_applies(int8, x)
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])

@@ -96,8 +96,9 @@ def applies(x: torch.Tensor) -> bool:
 def lstm_applies(lstm: nn.LSTM, x: torch.Tensor) -> bool:
     """Whether `lstm`'s call on `x` runs here (`applies`): a plain unidirectional
     batch-first LSTM being trained."""
-    return (lstm.batch_first and not lstm.bidirectional and lstm.proj_size == 0 and lstm.bias
-            and lstm.weight_hh_l0.requires_grad and applies(x))
+    return (isinstance(lstm, nn.LSTM) and applies(x) and lstm.batch_first
+            and not lstm.bidirectional and lstm.proj_size == 0 and lstm.bias
+            and lstm.weight_hh_l0.requires_grad)
 
 
 def lstm_forward(lstm: nn.LSTM, x: torch.Tensor,
