@@ -14,6 +14,10 @@ process per setting, reporting that process's peak RSS (ru_maxrss):
     .venv/bin/python -m bench.step_memory                 # all settings
     .venv/bin/python -m bench.step_memory --setting 512   # one, in this process
     .venv/bin/python -m bench.step_memory --precision bf16 --setting 4096
+    .venv/bin/python -m bench.step_memory --precision bf16 --setting 4096 --no-bf16-kernels
+
+In bf16 the step runs seq2seq's kernels (`seq2seq.bf16`) as training does, unless
+`--no-bf16-kernels` (PyTorch's code: oneDNN's LSTM).
 """
 
 from __future__ import annotations
@@ -37,12 +41,14 @@ BATCH, SRC_LEN, TGT_LEN = 128, 30, 30
 SETTINGS = ("512", "4096", "autograd")
 
 
-def one_step(setting: str, threads: int, precision: str) -> dict[str, float | str]:
+def one_step(setting: str, threads: int, precision: str,
+             bf16_kernels: bool = True) -> dict[str, float | str]:
     """Build the model and SGD, run one step on random ids; sizes in GB, time in seconds."""
     torch.set_num_threads(threads)
     cfg = load_config(ROOT / "configs" / "sutskever2014.yaml")
     torch.manual_seed(0)
     model = Seq2Seq(cfg.model.src_vocab, cfg.model.tgt_vocab, cfg.model)
+    model.use_bf16_kernels(bf16_kernels)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, fused=True)
     src = torch.randint(4, cfg.model.src_vocab, (BATCH, SRC_LEN))
     src_lens = torch.full((BATCH,), SRC_LEN)
@@ -63,7 +69,7 @@ def one_step(setting: str, threads: int, precision: str) -> dict[str, float | st
     return {"setting": setting, "params": count_parameters(model)["total"],
             "positions": BATCH * (TGT_LEN + 1), "rss_before_step_gb": round(before, 2),
             "peak_rss_gb": round(peak_rss_mb() / 1024, 2), "step_seconds": round(seconds, 1),
-            "threads": threads, "precision": precision}
+            "threads": threads, "precision": precision, "bf16_kernels": bf16_kernels}
 
 
 def main() -> None:
@@ -71,14 +77,17 @@ def main() -> None:
     parser.add_argument("--setting", choices=SETTINGS, help="run one setting in this process")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--no-bf16-kernels", dest="bf16_kernels", action="store_false",
+                        help="bf16: PyTorch's code instead of seq2seq's kernels")
     args = parser.parse_args()
     if args.setting:
-        print(json.dumps(one_step(args.setting, args.threads, args.precision)), flush=True)
+        print(json.dumps(one_step(args.setting, args.threads, args.precision,
+                                  args.bf16_kernels)), flush=True)
         return
     for setting in SETTINGS:  # a fresh process each, so that peaks do not mix
         subprocess.run([sys.executable, "-m", "bench.step_memory", "--setting", setting,
-                        "--threads", str(args.threads), "--precision", args.precision],
-                       check=True)
+                        "--threads", str(args.threads), "--precision", args.precision,
+                        *([] if args.bf16_kernels else ["--no-bf16-kernels"])], check=True)
 
 
 if __name__ == "__main__":

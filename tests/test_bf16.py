@@ -73,7 +73,7 @@ def test_lstm_matches_float64_nn_lstm_in_outputs_and_every_gradient():
 
 def test_one_step_of_the_kernel_is_the_lstm_cell_in_float32():
     """The forward kernel's gates, cell and h against PyTorch's float32 arithmetic on the
-    same bf16 products: the same up to float32 rounding (h: bf16's)."""
+    same bf16 pre-activations: the same up to float32 rounding (h: bf16's)."""
     lstm, x = lstm_and_input(layers=1, steps=1, batch=3, hidden=40)
     xb = x.transpose(0, 1).to(BF16).contiguous()
     w_ih, w_hh = lstm.weight_ih_l0.detach().to(BF16), lstm.weight_hh_l0.detach().to(BF16)
@@ -81,7 +81,7 @@ def test_one_step_of_the_kernel_is_the_lstm_cell_in_float32():
     h0, c0 = torch.randn(3, 40).to(BF16), torch.randn(3, 40)
     with torch.no_grad():
         out, h, c = bf16._Layer.apply(xb, h0, c0, w_ih, w_hh, bias)
-    pre = (xb[0] @ w_ih.t()).float() + (h0 @ w_hh.t()).float() + bias
+    pre = torch.mm(xb[0], w_ih.t()).addmm_(h0, w_hh.t()).float() + bias  # as the layer
     i, f, g, o = pre.chunk(4, 1)
     cell = i.sigmoid() * g.tanh() + f.sigmoid() * c0
     torch.testing.assert_close(c, cell, rtol=1e-5, atol=1e-6)

@@ -8,11 +8,12 @@ GEMMs):
   whose backward takes ~2.4x its forward's time for twice its FLOPs (bench/RESULTS.md,
   "Where the bf16 step goes"). Here each layer of an `nn.LSTM`, with its parameters, runs
   forward as the input's product for all time steps at once, then per step the recurrent
-  product h_{t-1} W_hh^T and one pass of gate arithmetic (bias, sigmoids, tanh, the new
-  cell and h; the activations are kept); backward, steps in reverse, as one pass of gate
-  gradients and the recurrent product d gates_t W_hh per step, then the gradients of the
-  weights and of the input as single products over all steps. Cells, gate values and the
-  bias's gradient are float32.
+  product h_{t-1} W_hh^T (added in place to the input's) and one pass of gate arithmetic
+  (bias, sigmoids, tanh, the new cell and h); backward, steps in reverse, as one pass of
+  gate gradients (the activations recomputed from the kept pre-activations) and the
+  recurrent product d gates_t W_hh per step, then the gradients of the weights and of the
+  input as single products over all steps. Cells, gate values and the bias's gradient
+  are float32.
 - The output layer's softmax gradient (`softmax_gradient`): per row of bf16 logits, the
   target's log-probability, softmax - onehot written back over the logits in one pass
   (three in PyTorch: a float32 log-softmax, its exp, the copy back), and the bias's
@@ -76,9 +77,9 @@ def kernel() -> ctypes.CDLL | None:
             return None
         lib = ctypes.CDLL(str(library))  # mapped: the file can go
     i, n, p = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
-    lib.lstm_forward_step.argtypes = [i, i, p, p, p, p, p, p, p]
+    lib.lstm_forward_step.argtypes = [i, i, p, p, p, p, p]
     lib.lstm_forward_step.restype = None
-    lib.lstm_backward_step.argtypes = [i, i, p, p, n, p, p, p, p, p, p]
+    lib.lstm_backward_step.argtypes = [i, i, p, p, n, p, p, p, p, p, p, p]
     lib.lstm_backward_step.restype = None
     lib.softmax_grad_rows.argtypes = [i, i, p, n, p, ctypes.c_float, p, p, p]
     lib.softmax_grad_rows.restype = None
@@ -129,39 +130,43 @@ def lstm_forward(lstm: nn.LSTM, x: torch.Tensor,
 class _Layer(torch.autograd.Function):
     """One LSTM layer over a time-major batch: x (steps, batch, input) bf16, h0, c0
     (batch, hidden), w_ih (4h, input) and w_hh (4h, hidden) bf16, bias (4h) float32 ->
-    (h of every step (steps, batch, hidden) bf16, last h bf16, last c float32)."""
+    (h of every step (steps, batch, hidden) bf16, last h bf16, last c float32).
+
+    Kept for backward: the gates' pre-activations (bf16, what the kernel read) and the
+    cells (float32), not the activations: backward recomputes those, bit for bit, which
+    costs a few exponentials a cell and saves 16 bytes a cell of memory and its traffic.
+    """
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias):
         steps, batch, _ = x.shape
         hidden = w_hh.shape[1]
         lib = kernel()
-        x_part = torch.mm(x.view(steps * batch, -1), w_ih.t())  # (steps x batch, 4h)
+        # The pre-activations: the input's product for all steps at once, then each step's
+        # recurrent product added in place (one rounding to bf16 of the sum).
+        pre = torch.mm(x.view(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hidden)
         h_all = torch.empty(steps + 1, batch, hidden, dtype=BF16)  # h_0 .. h_T
         h_all[0] = h0
         cells = torch.empty(steps + 1, batch, hidden)  # c_0 .. c_T, float32
         cells[0] = c0
-        acts = torch.empty(steps, batch, 4 * hidden)  # i, f, g, o of each step, float32
-        r_part = torch.empty(batch, 4 * hidden, dtype=BF16)
         w_hh_t = w_hh.t()
         # Each step's slice of the buffers by address: one ctypes call a step, no views.
-        bytes_h, bytes_c, bytes_gates = batch * hidden * 2, batch * hidden * 4, batch * hidden * 8
+        bytes_h, bytes_c, bytes_pre = batch * hidden * 2, batch * hidden * 4, batch * hidden * 8
         for t in range(steps):
-            torch.mm(h_all[t], w_hh_t, out=r_part)
+            pre[t].addmm_(h_all[t], w_hh_t)
             lib.lstm_forward_step(
-                batch, hidden, x_part.data_ptr() + t * bytes_gates, r_part.data_ptr(),
-                bias.data_ptr(), cells.data_ptr() + t * bytes_c,
-                cells.data_ptr() + (t + 1) * bytes_c, acts.data_ptr() + 2 * t * bytes_gates,
+                batch, hidden, pre.data_ptr() + t * bytes_pre, bias.data_ptr(),
+                cells.data_ptr() + t * bytes_c, cells.data_ptr() + (t + 1) * bytes_c,
                 h_all.data_ptr() + (t + 1) * bytes_h)
-        ctx.save_for_backward(x, w_ih, w_hh, h_all, cells, acts)
+        ctx.save_for_backward(x, w_ih, w_hh, bias, h_all, cells, pre)
         ctx.state_dtypes = (h0.dtype, c0.dtype)
         return h_all[1:], h_all[steps], cells[steps]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
-        x, w_ih, w_hh, h_all, cells, acts = ctx.saved_tensors
-        steps, batch, hidden = grad_out.shape if grad_out is not None else h_all[1:].shape
+        x, w_ih, w_hh, bias, h_all, cells, pre = ctx.saved_tensors
+        steps, batch, hidden = pre.shape[0], pre.shape[1], w_hh.shape[1]
         lib = kernel()
         if grad_out is None:
             grad_out = torch.zeros(steps, batch, hidden, dtype=BF16)
@@ -174,14 +179,14 @@ class _Layer(torch.autograd.Function):
               else grad_c_last.to(torch.float32, copy=True, memory_format=torch.contiguous_format))
         grad_gates = torch.empty(steps, batch, 4 * hidden, dtype=BF16)
         grad_bias = torch.zeros(4 * hidden)
-        bytes_c, bytes_gates = batch * hidden * 4, batch * hidden * 8
+        bytes_c, bytes_pre = batch * hidden * 4, batch * hidden * 8
         out_step, out_row = grad_out.stride(0) * 2, grad_out.stride(1)
         for t in reversed(range(steps)):
             lib.lstm_backward_step(
                 batch, hidden, dh.data_ptr(), grad_out.data_ptr() + t * out_step, out_row,
-                dc.data_ptr(), acts.data_ptr() + 2 * t * bytes_gates,
+                dc.data_ptr(), pre.data_ptr() + t * bytes_pre, bias.data_ptr(),
                 cells.data_ptr() + t * bytes_c, cells.data_ptr() + (t + 1) * bytes_c,
-                grad_gates.data_ptr() + t * bytes_gates, grad_bias.data_ptr())
+                grad_gates.data_ptr() + t * bytes_pre, grad_bias.data_ptr())
             dh = torch.mm(grad_gates[t], w_hh)  # d loss / d h_{t-1}
         gates = grad_gates.view(steps * batch, 4 * hidden)
         grad_x = (torch.mm(gates, w_ih).view(steps, batch, -1)

@@ -51,56 +51,57 @@ static inline float exp_approx(float x) {
 static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 static inline float tanh_(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
 
-static void forward_row(int hidden, const bf16 *restrict xi, const bf16 *restrict xf,
-                        const bf16 *restrict xg, const bf16 *restrict xo,
-                        const bf16 *restrict ri, const bf16 *restrict rf,
-                        const bf16 *restrict rg, const bf16 *restrict ro,
+/* The activations i, f, g, o of one cell from its pre-activations (bf16, bias not added)
+ * and the bias: the same in forward and backward, bit for bit. */
+static inline void activations(bf16 pi, bf16 pf, bf16 pg, bf16 po, float bi, float bf,
+                               float bg, float bo, float *i, float *f, float *g, float *o) {
+    *i = sigmoid(from_bf16(pi) + bi);
+    *f = sigmoid(from_bf16(pf) + bf);
+    *g = tanh_(from_bf16(pg) + bg);
+    *o = sigmoid(from_bf16(po) + bo);
+}
+
+static void forward_row(int hidden, const bf16 *restrict pi, const bf16 *restrict pf,
+                        const bf16 *restrict pg, const bf16 *restrict po,
                         const float *restrict bi, const float *restrict bf,
                         const float *restrict bg, const float *restrict bo,
                         const float *restrict c_prev, float *restrict c_next,
-                        float *restrict ai, float *restrict af, float *restrict ag,
-                        float *restrict ao, bf16 *restrict h) {
+                        bf16 *restrict h) {
     for (int j = 0; j < hidden; j++) {
-        float i = sigmoid(from_bf16(xi[j]) + from_bf16(ri[j]) + bi[j]);
-        float f = sigmoid(from_bf16(xf[j]) + from_bf16(rf[j]) + bf[j]);
-        float g = tanh_(from_bf16(xg[j]) + from_bf16(rg[j]) + bg[j]);
-        float o = sigmoid(from_bf16(xo[j]) + from_bf16(ro[j]) + bo[j]);
+        float i, f, g, o;
+        activations(pi[j], pf[j], pg[j], po[j], bi[j], bf[j], bg[j], bo[j], &i, &f, &g, &o);
         float c = f * c_prev[j] + i * g;
         c_next[j] = c;
         h[j] = to_bf16(o * tanh_(c));
-        ai[j] = i;
-        af[j] = f;
-        ag[j] = g;
-        ao[j] = o;
     }
 }
 
-/* One step forward. x_part: the input's product x_t W_ih^T, (rows, 4h) bf16; r_part: the
- * recurrent product h_{t-1} W_hh^T, (rows, 4h) bf16; bias: b_ih + b_hh, (4h) float32;
- * c_prev: (rows, h) float32. Writes c_next (rows, h) float32, the activations i, f, g, o
- * (rows, 4h) float32 (kept for the backward step) and h_t (rows, h) bf16. */
-void lstm_forward_step(int rows, int hidden, const bf16 *x_part, const bf16 *r_part,
-                       const float *bias, const float *c_prev, float *c_next, float *acts,
-                       bf16 *h) {
+/* One step forward. pre: the gates' pre-activations x_t W_ih^T + h_{t-1} W_hh^T, (rows, 4h)
+ * bf16 (kept: backward recomputes the activations from them); bias: b_ih + b_hh, (4h)
+ * float32; c_prev: (rows, h) float32. Writes c_next (rows, h) float32 and h_t (rows, h)
+ * bf16. */
+void lstm_forward_step(int rows, int hidden, const bf16 *pre, const float *bias,
+                       const float *c_prev, float *c_next, bf16 *h) {
     const long h1 = hidden, h4 = 4L * hidden;
     for (long b = 0; b < rows; b++) {
-        const bf16 *x = x_part + b * h4, *r = r_part + b * h4;
-        float *a = acts + b * h4;
-        forward_row(hidden, x, x + h1, x + 2 * h1, x + 3 * h1, r, r + h1, r + 2 * h1, r + 3 * h1,
-                    bias, bias + h1, bias + 2 * h1, bias + 3 * h1, c_prev + b * h1,
-                    c_next + b * h1, a, a + h1, a + 2 * h1, a + 3 * h1, h + b * h1);
+        const bf16 *p = pre + b * h4;
+        forward_row(hidden, p, p + h1, p + 2 * h1, p + 3 * h1, bias, bias + h1,
+                    bias + 2 * h1, bias + 3 * h1, c_prev + b * h1, c_next + b * h1, h + b * h1);
     }
 }
 
 static void backward_row(int hidden, const bf16 *restrict dh_next, const bf16 *restrict dh_out,
-                         float *restrict dc, const float *restrict ai,
-                         const float *restrict af, const float *restrict ag,
-                         const float *restrict ao, const float *restrict c_prev,
+                         float *restrict dc, const bf16 *restrict pi,
+                         const bf16 *restrict pf, const bf16 *restrict pg,
+                         const bf16 *restrict po, const float *restrict bi,
+                         const float *restrict bf, const float *restrict bg,
+                         const float *restrict bo, const float *restrict c_prev,
                          const float *restrict c_now, bf16 *restrict gi, bf16 *restrict gf,
                          bf16 *restrict gg, bf16 *restrict go, float *restrict si,
                          float *restrict sf, float *restrict sg, float *restrict so) {
     for (int j = 0; j < hidden; j++) {
-        float i = ai[j], f = af[j], g = ag[j], o = ao[j];
+        float i, f, g, o;
+        activations(pi[j], pf[j], pg[j], po[j], bi[j], bf[j], bg[j], bo[j], &i, &f, &g, &o);
         float dh = from_bf16(dh_next[j]) + from_bf16(dh_out[j]);
         float tc = tanh_(c_now[j]);
         float dct = dc[j] + dh * o * (1.0f - tc * tc);  /* d loss / d c_t, all paths */
@@ -123,20 +124,23 @@ static void backward_row(int hidden, const bf16 *restrict dh_next, const bf16 *r
 /* One step backward. dh_next: d loss / d h_t through step t + 1's recurrent product,
  * (rows, h) bf16; grad_h: d loss / d h_t from the layer's output, bf16, rows grad_h_ld
  * apart; dc: d loss / d c_t through step t + 1, (rows, h) float32, replaced by d loss /
- * d c_{t-1}; acts: the step's activations; c_prev, c_now: c_{t-1}, c_t. Writes d loss /
- * d the pre-activations, (rows, 4h) bf16, and adds them over the rows into grad_bias
- * (4h) float32. */
+ * d c_{t-1}; pre, bias: the step's pre-activations and the bias, as forward had them;
+ * c_prev, c_now: c_{t-1}, c_t. Writes d loss / d the pre-activations, (rows, 4h) bf16,
+ * and adds them over the rows into grad_bias (4h) float32. */
 void lstm_backward_step(int rows, int hidden, const bf16 *dh_next, const bf16 *grad_h,
-                        long grad_h_ld, float *dc, const float *acts, const float *c_prev,
-                        const float *c_now, bf16 *grad_gates, float *grad_bias) {
+                        long grad_h_ld, float *dc, const bf16 *pre, const float *bias,
+                        const float *c_prev, const float *c_now, bf16 *grad_gates,
+                        float *grad_bias) {
     const long h1 = hidden, h4 = 4L * hidden;
+    const float *b4 = bias;
     for (long b = 0; b < rows; b++) {
-        const float *a = acts + b * h4;
+        const bf16 *p = pre + b * h4;
         bf16 *g = grad_gates + b * h4;
         float *s = grad_bias;
-        backward_row(hidden, dh_next + b * h1, grad_h + b * grad_h_ld, dc + b * h1, a, a + h1,
-                     a + 2 * h1, a + 3 * h1, c_prev + b * h1, c_now + b * h1, g, g + h1,
-                     g + 2 * h1, g + 3 * h1, s, s + h1, s + 2 * h1, s + 3 * h1);
+        backward_row(hidden, dh_next + b * h1, grad_h + b * grad_h_ld, dc + b * h1, p, p + h1,
+                     p + 2 * h1, p + 3 * h1, b4, b4 + h1, b4 + 2 * h1, b4 + 3 * h1,
+                     c_prev + b * h1, c_now + b * h1, g, g + h1, g + 2 * h1, g + 3 * h1, s,
+                     s + h1, s + 2 * h1, s + 3 * h1);
     }
 }
 
