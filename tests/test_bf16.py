@@ -11,7 +11,7 @@ from seq2seq.model import Seq2Seq, chunked_loss, run_lstm, softmax_gradient
 from seq2seq.train import Trainer
 from test_model import CFG, SRC, TGT, batch
 
-needs_kernel = pytest.mark.skipif(bf16.kernel() is None,
+needs_kernel = pytest.mark.skipif(bf16.kernels() is None,
                                   reason="the gate kernel needs an x86-64 CPU with AVX-512 "
                                          "and a C compiler")
 pytestmark = [needs_bf16, needs_kernel]
@@ -211,10 +211,10 @@ def test_trainer_runs_the_lstm_the_config_names(data_dir, tmp_path, monkeypatch)
 def test_without_a_compiler_training_runs_nn_lstm(monkeypatch, caplog):
     lstm, x = lstm_and_input()
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    bf16.kernel.cache_clear()
+    bf16.kernels.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="seq2seq.bf16"):
-            assert bf16.kernel() is None
+            assert bf16.kernels() is None
         assert "could not build" in caplog.text
         with torch.autocast("cpu", dtype=BF16):
             assert not bf16.lstm_applies(lstm, x)
@@ -222,5 +222,5 @@ def test_without_a_compiler_training_runs_nn_lstm(monkeypatch, caplog):
         assert out.shape == (5, 7, 24)
     finally:
         monkeypatch.delenv("CC")
-        bf16.kernel.cache_clear()
-    assert bf16.kernel() is not None
+        bf16.kernels.cache_clear()
+    assert bf16.kernels() is not None

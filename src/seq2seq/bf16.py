@@ -46,11 +46,11 @@ log = logging.getLogger(__name__)
 BF16 = torch.bfloat16
 SOURCE = Path(__file__).with_name("csrc") / "bf16_kernels.c"
 CFLAGS = ["-O3", "-march=x86-64-v4", "-mprefer-vector-width=512", "-fno-math-errno",
-          "-fno-trapping-math", "-shared", "-fPIC", "-lm"]
+          "-fno-trapping-math", "-shared", "-fPIC"]
 
 
 @functools.cache
-def kernel() -> ctypes.CDLL | None:
+def kernels() -> ctypes.CDLL | None:
     """The compiled kernels, or None (logged once) where they cannot run: not an x86-64 CPU
     with AVX-512, no C compiler, or the compiler failed."""
     if platform.machine() not in ("x86_64", "AMD64") or \
@@ -66,7 +66,7 @@ def kernel() -> ctypes.CDLL | None:
     with tempfile.TemporaryDirectory() as tmp:
         library = Path(tmp) / "bf16_kernels.so"
         try:
-            proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(library)],
+            proc = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(library), "-lm"],
                                   capture_output=True, text=True)
             error = proc.stderr.strip()[:500] if proc.returncode else None
         except OSError as e:
@@ -91,7 +91,7 @@ def applies(x: torch.Tensor) -> bool:
     bf16 autocast, the kernels at hand."""
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == BF16 and torch.is_grad_enabled()
-            and kernel() is not None)
+            and kernels() is not None)
 
 
 def lstm_applies(lstm: nn.LSTM, x: torch.Tensor) -> bool:
@@ -141,7 +141,7 @@ class _Layer(torch.autograd.Function):
     def forward(ctx, x, h0, c0, w_ih, w_hh, bias):
         steps, batch, _ = x.shape
         hidden = w_hh.shape[1]
-        lib = kernel()
+        lib = kernels()
         # The pre-activations: the input's product for all steps at once, then each step's
         # recurrent product added in place (one rounding to bf16 of the sum).
         pre = torch.mm(x.view(steps * batch, -1), w_ih.t()).view(steps, batch, 4 * hidden)
@@ -167,7 +167,7 @@ class _Layer(torch.autograd.Function):
     def backward(ctx, grad_out, grad_h_last, grad_c_last):
         x, w_ih, w_hh, bias, h_all, cells, pre = ctx.saved_tensors
         steps, batch, hidden = pre.shape[0], pre.shape[1], w_hh.shape[1]
-        lib = kernel()
+        lib = kernels()
         if grad_out is None:
             grad_out = torch.zeros(steps, batch, hidden, dtype=BF16)
         grad_out = grad_out.to(BF16)
@@ -211,7 +211,7 @@ def softmax_gradient(logits: torch.Tensor, targets: torch.Tensor, keep: float,
     targets = targets.to(torch.int64).contiguous()
     target_logp = torch.empty(rows)
     scratch = torch.empty(vocab)
-    kernel().softmax_grad_rows(rows, vocab, logits.data_ptr(), logits.stride(0),
+    kernels().softmax_grad_rows(rows, vocab, logits.data_ptr(), logits.stride(0),
                                targets.data_ptr(), keep, target_logp.data_ptr(),
                                grad_bias.data_ptr(), scratch.data_ptr())
     return target_logp

@@ -1,15 +1,20 @@
-/* The gate arithmetic of one LSTM time step, forward and backward, for bf16 training on
- * the CPU (seq2seq.bf16). The products stay PyTorch's (oneDNN's bf16 GEMMs); this is the
- * element-wise part between them, one pass over a step's (batch, 4 x hidden) gates.
+/* seq2seq's kernels for bf16 training on the CPU (seq2seq.bf16): the element-wise work
+ * between PyTorch's bf16 products (oneDNN's GEMMs), one pass each.
  *
- * Layout: a row of gates holds nn.LSTM's blocks i, f, g, o of `hidden` values each; every
- * (rows, width) matrix is dense, rows `width` apart, except `grad_h`'s, rows `grad_h_ld`
- * apart. bf16 values are raw uint16 (the top half of a float32). Gate values, the cell and
- * every sum are float32; bf16 only where a product reads or writes.
+ * - lstm_forward_step / lstm_backward_step: the gate arithmetic of one LSTM time step over
+ *   a (batch, 4 x hidden) row of gates; a row holds nn.LSTM's blocks i, f, g, o of
+ *   `hidden` values each.
+ * - softmax_grad_rows: the output layer's softmax and its gradient, a row of logits at a
+ *   time, in place.
+ *
+ * Every (rows, width) matrix is dense, rows `width` apart, unless a `_ld` argument says
+ * otherwise. bf16 values are raw uint16 (the top half of a float32). Gate values, cells,
+ * probabilities and every sum are float32; bf16 only where a product reads or writes.
  *
  * Built at run time by the system C compiler for x86-64 with AVX-512 (seq2seq.bf16);
- * the loops are written so that it vectorizes them (-O3), hence the exponential below
- * instead of libm's, and one function per row with restrict pointers.
+ * the loops are written so that it vectorizes them (-O3, no -ffast-math): hence the
+ * exponential below instead of libm's, one function per row with restrict pointers, and
+ * the reductions' forms (see softmax_grad_rows).
  */
 #include <stdint.h>
 
@@ -132,13 +137,12 @@ void lstm_backward_step(int rows, int hidden, const bf16 *dh_next, const bf16 *g
                         const float *c_prev, const float *c_now, bf16 *grad_gates,
                         float *grad_bias) {
     const long h1 = hidden, h4 = 4L * hidden;
-    const float *b4 = bias;
     for (long b = 0; b < rows; b++) {
         const bf16 *p = pre + b * h4;
         bf16 *g = grad_gates + b * h4;
         float *s = grad_bias;
         backward_row(hidden, dh_next + b * h1, grad_h + b * grad_h_ld, dc + b * h1, p, p + h1,
-                     p + 2 * h1, p + 3 * h1, b4, b4 + h1, b4 + 2 * h1, b4 + 3 * h1,
+                     p + 2 * h1, p + 3 * h1, bias, bias + h1, bias + 2 * h1, bias + 3 * h1,
                      c_prev + b * h1, c_now + b * h1, g, g + h1, g + 2 * h1, g + 3 * h1, s,
                      s + h1, s + 2 * h1, s + 3 * h1);
     }
