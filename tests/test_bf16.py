@@ -71,6 +71,32 @@ def test_lstm_matches_float64_nn_lstm_in_outputs_and_every_gradient():
         assert relative_error(a, e) < 2 * relative_error(b, e) + 1e-3, name
 
 
+@pytest.mark.parametrize("last_state_loss", ["expanded", "transposed"])
+def test_gradients_of_the_last_state_in_any_layout(last_state_loss):
+    """d loss / d h_n arriving expanded (a sum in bf16) or strided (a transposed read):
+    the same gradients as float64 nn.LSTM's (the kernel reads dense rows)."""
+    lstm, x = lstm_and_input()
+    weight = torch.linspace(-1, 1, 2 * 24 * 5).view(2, 24, 5)
+
+    def loss_of(h):
+        if last_state_loss == "expanded":
+            return h.sum().double()
+        return (h.transpose(1, 2).double() * weight.double()).sum()
+
+    def grads(run, dtype):
+        lstm.zero_grad(set_to_none=True)
+        _, (h, _) = run(x.to(dtype))
+        loss_of(h).backward()
+        return [p.grad.clone() for p in lstm.parameters()]
+
+    exact = grads(lambda x: lstm.double()(x), torch.float64)
+    lstm.float()
+    with torch.autocast("cpu", dtype=BF16):
+        ours = grads(lambda x: bf16.lstm_forward(lstm, x), torch.float32)
+    for a, e in zip(ours, exact):
+        assert relative_error(a, e) < 0.02
+
+
 def test_one_step_of_the_kernel_is_the_lstm_cell_in_float32():
     """The forward kernel's gates, cell and h against PyTorch's float32 arithmetic on the
     same bf16 pre-activations: the same up to float32 rounding (h: bf16's)."""
@@ -101,6 +127,10 @@ def test_dropout_between_layers_as_nn_lstm():
         lstm.dropout = 0.5
         lstm.train()
         dropped = [bf16.lstm_forward(lstm, x)[0] for _ in range(2)]
+        one_layer = torch.nn.LSTM(12, 24, 1, batch_first=True, dropout=0.0)
+        kept = bf16.lstm_forward(one_layer, x)[0]
+        one_layer.dropout = 0.5  # nn.LSTM drops nothing after its last layer
+        assert torch.equal(bf16.lstm_forward(one_layer, x)[0], kept)
     assert not torch.equal(dropped[0], evaluated) and not torch.equal(*dropped)
 
 
@@ -116,6 +146,7 @@ def test_applies_to_bf16_training_on_the_cpu_only():
         lstm.requires_grad_(True)
         assert not bf16.lstm_applies(torch.nn.LSTM(12, 24, batch_first=True, bidirectional=True), x)
         assert not bf16.lstm_applies(torch.nn.LSTM(12, 24, batch_first=False), x)
+        assert not bf16.lstm_applies(lstm, x[0])  # unbatched: nn.LSTM's
         int8 = Int8LSTM(torch.nn.LSTM(12, 24, batch_first=True))  # decoding's, no weights
         assert not bf16.lstm_applies(int8, x)
 
@@ -163,13 +194,16 @@ def test_softmax_gradient_kernel_equals_pytorch_s(keep):
             float(logps[0][row].exp()) - keep, abs=4e-3)
 
 
-def test_softmax_gradient_kernel_keeps_a_nan_row_nan():
+def test_softmax_gradient_kernel_keeps_a_nan_row_nan_and_refuses_bad_input():
     logits = torch.zeros(3, 40, dtype=BF16)
     logits[1, 5] = float("nan")
     logp = bf16.softmax_gradient(logits, torch.tensor([0, 1, 2]), 1.0, torch.zeros(40))
     assert logp[1].isnan() and logp[[0, 2]].isfinite().all()
     with pytest.raises(ValueError, match="bf16 logits"):
         bf16.softmax_gradient(logits.float(), torch.tensor([0, 1, 2]), 1.0, torch.zeros(40))
+    for targets in ([0, 1, 40], [0, -100, 2], [0, 1]):  # out of the vocabulary, too few
+        with pytest.raises(ValueError, match=r"one target in \[0, 40\)"):
+            bf16.softmax_gradient(logits, torch.tensor(targets), 1.0, torch.zeros(40))
 
 
 def test_bf16_loss_gradients_the_same_in_one_chunk_or_several():

@@ -45,15 +45,19 @@ log = logging.getLogger(__name__)
 
 BF16 = torch.bfloat16
 SOURCE = Path(__file__).with_name("csrc") / "bf16_kernels.c"
-CFLAGS = ["-O3", "-march=x86-64-v4", "-mprefer-vector-width=512", "-fno-math-errno",
-          "-fno-trapping-math", "-shared", "-fPIC"]
+# AVX-512 (F, BW, DQ, VL: every CPU PyTorch counts as "AVX512" has them) and FMA, named one
+# by one rather than -march=x86-64-v4, which gcc < 11 and clang < 12 do not know.
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma",
+          "-mprefer-vector-width=512", "-fno-math-errno", "-fno-trapping-math", "-shared",
+          "-fPIC"]
 
 
 @functools.cache
 def kernels() -> ctypes.CDLL | None:
     """The compiled kernels, or None (logged once) where they cannot run: not an x86-64 CPU
-    with AVX-512, no C compiler, or the compiler failed."""
-    if platform.machine() not in ("x86_64", "AMD64") or \
+    with AVX-512 under Linux or macOS (`platform.machine()` x86_64), no C compiler, or the
+    compiler failed."""
+    if platform.machine() != "x86_64" or \
             torch.backends.cpu.get_cpu_capability() != "AVX512":
         log.info("bf16 training: PyTorch's code only (seq2seq's kernels need an x86-64 CPU "
                  "with AVX-512)")
@@ -97,7 +101,8 @@ def applies(x: torch.Tensor) -> bool:
 def lstm_applies(lstm: nn.LSTM, x: torch.Tensor) -> bool:
     """Whether `lstm`'s call on `x` runs here (`applies`): a plain unidirectional
     batch-first LSTM being trained."""
-    return (isinstance(lstm, nn.LSTM) and applies(x) and lstm.batch_first
+    return (isinstance(lstm, nn.LSTM) and isinstance(x, torch.Tensor) and x.dim() == 3
+            and applies(x) and lstm.batch_first
             and not lstm.bidirectional and lstm.proj_size == 0 and lstm.bias
             and lstm.weight_hh_l0.requires_grad)
 
@@ -113,7 +118,7 @@ def lstm_forward(lstm: nn.LSTM, x: torch.Tensor,
     if state is None:
         zeros = x.new_zeros(layers, batch, hidden, dtype=torch.float32)
         state = (zeros, zeros)
-    out = x.transpose(0, 1).to(BF16, memory_format=torch.contiguous_format)  # time-major
+    out = x.transpose(0, 1).to(BF16).contiguous()  # time-major
     finals_h, finals_c = [], []
     for k in range(layers):
         if k > 0 and lstm.dropout:
@@ -133,8 +138,9 @@ class _Layer(torch.autograd.Function):
     (h of every step (steps, batch, hidden) bf16, last h bf16, last c float32).
 
     Kept for backward: the gates' pre-activations (bf16, what the kernel read) and the
-    cells (float32), not the activations: backward recomputes those, bit for bit, which
-    costs a few exponentials a cell and saves 16 bytes a cell of memory and its traffic.
+    cells (float32), not the activations: backward recomputes those from the same inputs
+    by the same code, which costs a few exponentials a cell and saves 16 bytes a cell of
+    memory and its traffic.
     """
 
     @staticmethod
@@ -173,10 +179,12 @@ class _Layer(torch.autograd.Function):
         grad_out = grad_out.to(BF16)
         if grad_out.stride(2) != 1:  # the kernel reads rows of contiguous values
             grad_out = grad_out.contiguous()
+        # The kernel reads dense rows of dh and updates dc in place: both private and dense
+        # (a final state's gradient may be expanded or strided).
         dh = (torch.zeros(batch, hidden, dtype=BF16) if grad_h_last is None
-              else grad_h_last.to(BF16, memory_format=torch.contiguous_format))
+              else grad_h_last.to(BF16).contiguous())
         dc = (torch.zeros(batch, hidden) if grad_c_last is None
-              else grad_c_last.to(torch.float32, copy=True, memory_format=torch.contiguous_format))
+              else grad_c_last.float().clone(memory_format=torch.contiguous_format))
         grad_gates = torch.empty(steps, batch, 4 * hidden, dtype=BF16)
         grad_bias = torch.zeros(4 * hidden)
         bytes_c, bytes_pre = batch * hidden * 4, batch * hidden * 8
@@ -204,11 +212,20 @@ def softmax_gradient(logits: torch.Tensor, targets: torch.Tensor, keep: float,
     the rows is added to grad_bias (vocab) float32. Returns the targets' log-probabilities
     (rows) float32."""
     rows, vocab = logits.shape
-    if logits.dtype != BF16 or logits.stride(1) != 1 or grad_bias.dtype != torch.float32:
-        raise ValueError("softmax_gradient takes bf16 logits with contiguous rows and a "
-                         f"float32 grad_bias, got {logits.dtype} {logits.stride()} and "
-                         f"{grad_bias.dtype}")
+    if (logits.dtype != BF16 or logits.stride(1) != 1 or logits.device.type != "cpu"
+            or grad_bias.dtype != torch.float32 or grad_bias.shape != (vocab,)
+            or not grad_bias.is_contiguous()):
+        raise ValueError("softmax_gradient takes CPU bf16 logits with contiguous rows and a "
+                         f"dense float32 grad_bias of their width, got {logits.dtype} "
+                         f"{tuple(logits.shape)} {logits.stride()} and {grad_bias.dtype} "
+                         f"{tuple(grad_bias.shape)}")
     targets = targets.to(torch.int64).contiguous()
+    if targets.shape != (rows,) or (rows and not 0 <= int(targets.min()) <= int(targets.max())
+                                    < vocab):
+        raise ValueError(f"softmax_gradient takes one target in [0, {vocab}) per row of "
+                         f"logits ({rows}), got {tuple(targets.shape)} targets"
+                         + (f" in [{int(targets.min())}, {int(targets.max())}]"
+                            if targets.numel() else ""))
     target_logp = torch.empty(rows)
     scratch = torch.empty(vocab)
     kernels().softmax_grad_rows(rows, vocab, logits.data_ptr(), logits.stride(0),

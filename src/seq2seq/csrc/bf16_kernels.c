@@ -57,7 +57,7 @@ static inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 static inline float tanh_(float x) { return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f; }
 
 /* The activations i, f, g, o of one cell from its pre-activations (bf16, bias not added)
- * and the bias: the same in forward and backward, bit for bit. */
+ * and the bias: forward's, recomputed by backward from the same inputs. */
 static inline void activations(bf16 pi, bf16 pf, bf16 pg, bf16 po, float bi, float bf,
                                float bg, float bo, float *i, float *f, float *g, float *o) {
     *i = sigmoid(from_bf16(pi) + bi);
