@@ -22,7 +22,8 @@ GEMMs):
 Results equal PyTorch's under autocast up to bf16 rounding (tests/test_bf16.py). Both run
 when training in bf16 on a CPU with AVX-512 (`applies`), unless `train.bf16_kernels` is
 off. The kernels are compiled once per process by the system C compiler (~0.3 s); where
-there is none, training runs PyTorch's code instead and says so once.
+there is none, training runs PyTorch's code instead and says so once. They run on one
+thread (the products on PyTorch's): their gain is measured at the benchmark's 2 threads.
 """
 
 from __future__ import annotations
