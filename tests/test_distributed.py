@@ -35,6 +35,14 @@ def _torchrun(*args: str | Path) -> list[str]:
             "--nproc-per-node", "2", *map(str, args)]
 
 
+def _run(command: list[str]) -> None:
+    """Run a torchrun command to its end; if it fails, fail with the tail of its stderr (a
+    bare exit status says nothing about which rank failed, or why)."""
+    proc = subprocess.run(command, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, \
+        f"{' '.join(command[2:])} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+
+
 def _train_command(cfg_path: Path, data_dir: Path, out: Path) -> list[str]:
     return _torchrun("-m", "seq2seq", "train", cfg_path, "--data", data_dir, "--out", out)
 
@@ -68,8 +76,7 @@ def test_two_ranks_agree_with_one_process_on_the_same_global_batches(data_dir, t
     single.train()
 
     ddp = tmp_path / "ddp"
-    subprocess.run(_torchrun(WORKER, cfg_path, data_dir, ddp), check=True, env=ENV,
-                   capture_output=True)
+    _run(_torchrun(WORKER, cfg_path, data_dir, ddp))
     rank0, rank1 = torch.load(ddp / "rank0.pt"), torch.load(ddp / "rank1.pt")
     _assert_same(rank0, rank1, atol=0)  # DDP keeps the replicas bit-identical
     last = load_checkpoint(ddp / "last.pt")
@@ -112,8 +119,7 @@ def test_torchrun_killed_mid_training_resumes_to_the_same_parameters(data_dir, t
     cfg_path = _write_config(tmp_path / "cfg.yaml", cfg)
 
     whole = tmp_path / "whole"
-    subprocess.run(_train_command(cfg_path, data_dir, whole), check=True, env=ENV,
-                   capture_output=True)
+    _run(_train_command(cfg_path, data_dir, whole))
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_command(cfg_path, data_dir, killed), env=ENV,
@@ -126,8 +132,7 @@ def test_torchrun_killed_mid_training_resumes_to_the_same_parameters(data_dir, t
     interrupted_at = load_checkpoint(killed / "last.pt")["step"]
     assert 0 < interrupted_at < steps, "the run was not interrupted mid-training"
 
-    subprocess.run(_train_command(cfg_path, data_dir, killed), check=True, env=ENV,
-                   capture_output=True)
+    _run(_train_command(cfg_path, data_dir, killed))
     last = load_checkpoint(killed / "last.pt")
     assert last["step"] == steps
     _assert_same(last["model"], load_checkpoint(whole / "last.pt")["model"], atol=0)
